@@ -1,0 +1,853 @@
+//! The engine's side of the store: claiming due rollouts with a lease, loading what the domain
+//! needs to decide, and recording each decision and outcome.
+//!
+//! Every write is fenced: it happens only while this worker holds the rollout's lease and the
+//! rollout has not changed since the worker read it (`version`). A worker that lost its lease,
+//! or raced a person's action, gets [`StoreError::Fenced`] and reloads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use shipgate_domain::config::TargetSpec;
+use shipgate_domain::decide::{
+    ApprovalView, CheckView, GateView, PhaseView, RolloutView, StepView,
+};
+use shipgate_domain::plan::Plan;
+use shipgate_domain::state::{PhaseState, RolloutKind, RolloutState, StepState, Verdict};
+
+use crate::events::{self, Actor, Scope};
+use crate::releases::{self, Release};
+use crate::rollouts::{self, finish_phases, notify, wake_queue};
+use crate::StoreError;
+
+fn interval(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// Claims up to `limit` due rollouts for `owner` with a lease of `lease`. Rollouts whose lease
+/// lapsed (a crashed replica) are claimable again.
+pub async fn claim_due(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update rollouts set lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+          where id in (select id from rollouts
+                        where state in ('queued', 'pending_approval', 'in_progress', 'paused')
+                          and next_wake_at <= now()
+                          and (lease_until is null or lease_until < now())
+                        order by next_wake_at
+                        limit $3
+                        for update skip locked)
+         returning id",
+    )
+    .bind(owner)
+    .bind(interval(lease))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Extends the leases `owner` holds on `ids`; returns the ids still held.
+pub async fn renew(
+    pool: &PgPool,
+    owner: &str,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update rollouts set lease_until = now() + make_interval(secs => $3)
+          where id = any($2) and lease_owner = $1 returning id",
+    )
+    .bind(owner)
+    .bind(ids)
+    .bind(interval(lease))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Gives a rollout back, due again at `wake_at`; if anyone changed it since `seen_version`
+/// (a person's action, a wake-up), it is due at once so no wake-up is lost.
+pub async fn release_lease(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+    seen_version: i64,
+    wake_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update rollouts set lease_owner = null, lease_until = null,
+                next_wake_at = case when version <> $3 then now() else $4 end
+          where id = $1 and lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(seen_version)
+    .bind(wake_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Counts a tick that ended in an error; returns the count so far.
+pub async fn count_failed_tick(pool: &PgPool, id: Uuid) -> Result<i32, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update rollouts set failed_ticks = failed_ticks + 1,
+                next_wake_at = now() + make_interval(secs => least(60, power(2, failed_ticks)))
+          where id = $1 returning failed_ticks",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The latest attempt of one step, with what the engine needs to call the provider.
+#[derive(Clone, Debug)]
+pub struct StepRow {
+    /// Id.
+    pub id: Uuid,
+    /// Attempt.
+    pub attempt: i32,
+    /// The key the provider can be asked about.
+    pub natural_key: String,
+    /// The provider's reference, once submitted.
+    pub provider_ref: Option<String>,
+    /// What was asked.
+    pub request: Value,
+}
+
+/// A rollout loaded for one decision.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// Id.
+    pub id: Uuid,
+    /// App id.
+    pub app_id: Uuid,
+    /// App name.
+    pub app: String,
+    /// Environment id.
+    pub environment_id: Uuid,
+    /// Environment name.
+    pub environment: String,
+    /// Version counter seen.
+    pub version: i64,
+    /// The release being rolled out.
+    pub release: Release,
+    /// The release the environment ran before.
+    pub previous_release_id: Option<Uuid>,
+    /// Plan snapshot.
+    pub plan: Plan,
+    /// Target snapshot by component.
+    pub targets: BTreeMap<String, TargetSpec>,
+    /// The rollout this one rolls back.
+    pub rollback_of: Option<Uuid>,
+    /// Phase ids by position.
+    pub phase_ids: Vec<Uuid>,
+    /// Latest attempt per (phase, step).
+    pub steps: BTreeMap<(usize, usize), StepRow>,
+    /// What the domain decides on.
+    pub view: RolloutView,
+}
+
+/// Loads a rollout for a decision.
+pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
+    let row = sqlx::query(
+        "select r.id, r.app_id, a.name as app, r.environment_id, e.name as environment, r.version,
+                r.release_id, r.previous_release_id, r.kind::text as kind, r.state::text as state,
+                r.plan, r.targets, r.rollback_of, r.created_at, r.created_by, e.policy
+           from rollouts r join apps a on a.id = r.app_id join environments e on e.id = r.environment_id
+          where r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
+    let plan: Plan = serde_json::from_value(row.get("plan"))?;
+    let targets: BTreeMap<String, TargetSpec> = serde_json::from_value(row.get("targets"))?;
+    let state: RolloutState = row.get::<String, _>("state").parse().map_err(StoreError::Corrupt)?;
+    let kind: RolloutKind = row.get::<String, _>("kind").parse().map_err(StoreError::Corrupt)?;
+    let release = releases::by_id(pool, row.get("release_id")).await?;
+    let created_at: DateTime<Utc> = row.get("created_at");
+
+    let phase_rows = sqlx::query(
+        "select id, state::text as state, verifying_at, retry_requested_at
+           from phases where rollout_id = $1 order by position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let step_rows = sqlx::query(
+        "select distinct on (phase_id, step_index)
+                id, phase_id, step_index, attempt, state::text as state, natural_key, provider_ref,
+                request, error, created_at, submitted_at, last_polled_at, finished_at
+           from step_runs where rollout_id = $1
+          order by phase_id, step_index, attempt desc",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let current = phase_rows
+        .iter()
+        .position(|p| !matches!(p.get::<String, _>("state").as_str(), "succeeded" | "skipped"));
+    let current_phase_id: Option<Uuid> = current.map(|i| phase_rows[i].get("id"));
+    let check_rows = match current_phase_id {
+        Some(phase_id) => {
+            sqlx::query(
+                "select gate_index, verdict, checked_at, detail from (
+                    select gate_index, verdict, checked_at, detail, id from gate_checks
+                     where phase_id = $1 order by id desc limit 500) recent
+                  order by id",
+            )
+            .bind(phase_id)
+            .fetch_all(pool)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let approval_rows = sqlx::query(
+        "select phase_id, gate_index, decision, comment from approvals where rollout_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+
+    let mut phase_ids = Vec::new();
+    let mut phases = Vec::new();
+    let mut steps = BTreeMap::new();
+    for (index, phase_row) in phase_rows.iter().enumerate() {
+        let phase_id: Uuid = phase_row.get("id");
+        phase_ids.push(phase_id);
+        let spec = plan
+            .phases
+            .get(index)
+            .ok_or_else(|| StoreError::Corrupt("phase rows do not match the plan".into()))?;
+        let mut step_views = vec![None; spec.steps.len()];
+        for step_row in step_rows.iter().filter(|s| s.get::<Uuid, _>("phase_id") == phase_id) {
+            let step_index = step_row.get::<i32, _>("step_index") as usize;
+            if step_index >= step_views.len() {
+                continue;
+            }
+            step_views[step_index] = Some(StepView {
+                attempt: step_row.get::<i32, _>("attempt") as u32,
+                state: step_row
+                    .get::<String, _>("state")
+                    .parse()
+                    .map_err(StoreError::Corrupt)?,
+                created_at: step_row.get("created_at"),
+                submitted_at: step_row.get("submitted_at"),
+                last_polled_at: step_row.get("last_polled_at"),
+                finished_at: step_row.get("finished_at"),
+                error: step_row.get("error"),
+            });
+            steps.insert(
+                (index, step_index),
+                StepRow {
+                    id: step_row.get("id"),
+                    attempt: step_row.get("attempt"),
+                    natural_key: step_row.get("natural_key"),
+                    provider_ref: step_row.get("provider_ref"),
+                    request: step_row.get("request"),
+                },
+            );
+        }
+        let mut gates = vec![GateView::default(); spec.gates.len()];
+        if Some(phase_id) == current_phase_id {
+            for check in &check_rows {
+                let gate_index = check.get::<i32, _>("gate_index") as usize;
+                let Some(gate) = gates.get_mut(gate_index) else { continue };
+                let detail: Value = check.get("detail");
+                gate.checks.push(CheckView {
+                    verdict: check
+                        .get::<String, _>("verdict")
+                        .parse::<Verdict>()
+                        .map_err(StoreError::Corrupt)?,
+                    at: check.get("checked_at"),
+                    overridden: detail.get("override").and_then(Value::as_bool) == Some(true),
+                    summary: detail
+                        .get("summary")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+        }
+        for approval in approval_rows
+            .iter()
+            .filter(|a| a.get::<Option<Uuid>, _>("phase_id") == Some(phase_id))
+        {
+            let gate_index = approval.get::<Option<i32>, _>("gate_index").unwrap_or(0) as usize;
+            let Some(gate) = gates.get_mut(gate_index) else { continue };
+            if approval.get::<String, _>("decision") == "approve" {
+                gate.approvals += 1;
+            } else {
+                gate.rejection = Some(
+                    approval
+                        .get::<Option<String>, _>("comment")
+                        .unwrap_or_else(|| "no comment".into()),
+                );
+            }
+        }
+        phases.push(PhaseView {
+            state: phase_row
+                .get::<String, _>("state")
+                .parse()
+                .map_err(StoreError::Corrupt)?,
+            verifying_at: phase_row.get("verifying_at"),
+            retry_requested_at: phase_row.get("retry_requested_at"),
+            steps: step_views,
+            gates,
+        });
+    }
+
+    let policy: shipgate_domain::config::Policy = serde_json::from_value(row.get("policy"))?;
+    let approval = match (&policy.approvals, kind) {
+        (Some(approvals), kind) if kind != RolloutKind::Rollback => {
+            let rollout_level: Vec<&sqlx::postgres::PgRow> = approval_rows
+                .iter()
+                .filter(|a| a.get::<Option<Uuid>, _>("phase_id").is_none())
+                .collect();
+            Some(ApprovalView {
+                required: approvals.required,
+                approvals: rollout_level
+                    .iter()
+                    .filter(|a| a.get::<String, _>("decision") == "approve")
+                    .count() as u32,
+                rejection: rollout_level
+                    .iter()
+                    .find(|a| a.get::<String, _>("decision") == "reject")
+                    .map(|a| {
+                        a.get::<Option<String>, _>("comment")
+                            .unwrap_or_else(|| "no comment".into())
+                    }),
+                expires_at: created_at + approvals.timeout.to_chrono(),
+            })
+        }
+        _ => None,
+    };
+    let previous_release_id: Option<Uuid> = row.get("previous_release_id");
+    Ok(Loaded {
+        id,
+        app_id: row.get("app_id"),
+        app: row.get("app"),
+        environment_id: row.get("environment_id"),
+        environment: row.get("environment"),
+        version: row.get("version"),
+        previous_release_id,
+        plan: plan.clone(),
+        targets,
+        rollback_of: row.get("rollback_of"),
+        phase_ids,
+        steps,
+        view: RolloutView {
+            state,
+            kind,
+            plan,
+            phases,
+            approval,
+            can_roll_back: previous_release_id.is_some(),
+            created_at,
+        },
+        release,
+    })
+}
+
+/// A fenced transaction on one rollout.
+pub struct Fenced<'a> {
+    tx: Transaction<'a, Postgres>,
+    loaded: &'a Loaded,
+    actor: Actor,
+}
+
+impl<'a> Fenced<'a> {
+    /// Opens a transaction that holds only if `owner` still leases the rollout and nobody changed
+    /// it since it was loaded.
+    pub async fn begin(pool: &PgPool, loaded: &'a Loaded, owner: &str) -> Result<Self, StoreError> {
+        let mut tx = pool.begin().await?;
+        let bumped = sqlx::query(
+            "update rollouts set version = version + 1, updated_at = now(), failed_ticks = 0
+              where id = $1 and version = $2 and lease_owner = $3 and lease_until > now()",
+        )
+        .bind(loaded.id)
+        .bind(loaded.version)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if bumped.rows_affected() != 1 {
+            return Err(StoreError::Fenced);
+        }
+        Ok(Fenced {
+            tx,
+            loaded,
+            actor: Actor::engine(owner),
+        })
+    }
+
+    /// The connection, for writes of the caller's own.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    fn scope(&self) -> Scope {
+        Scope {
+            app_id: Some(self.loaded.app_id),
+            environment_id: Some(self.loaded.environment_id),
+            rollout_id: Some(self.loaded.id),
+        }
+    }
+
+    /// Appends an event about the rollout.
+    pub async fn event(&mut self, action: &str, details: Value) -> Result<(), StoreError> {
+        let scope = self.scope();
+        events::record(&mut *self.tx, scope, &self.actor, action, details).await
+    }
+
+    /// Commits and publishes the change.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        notify(&mut self.tx, self.loaded.id).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_state(
+        &mut self,
+        state: RolloutState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let from = self.loaded.view.state;
+        if from != state && !from.can_become(state) {
+            return Err(StoreError::Corrupt(format!(
+                "illegal rollout transition {from} -> {state}"
+            )));
+        }
+        sqlx::query(
+            "update rollouts set state = $2::rollout_state, state_reason = $3,
+                    started_at = case when $2 = 'in_progress' then coalesce(started_at, now()) else started_at end,
+                    finished_at = case when $2 in ('succeeded', 'failed', 'cancelled', 'superseded', 'rolled_back', 'rollback_failed')
+                                       then now() else finished_at end
+              where id = $1",
+        )
+        .bind(self.loaded.id)
+        .bind(state.as_str())
+        .bind(reason)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_phase(
+        &mut self,
+        index: usize,
+        state: PhaseState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let from = self.loaded.view.phases[index].state;
+        if !from.can_become(state) {
+            return Err(StoreError::Corrupt(format!(
+                "illegal phase transition {from} -> {state}"
+            )));
+        }
+        sqlx::query(
+            "update phases set state = $2::phase_state, state_reason = coalesce($3, state_reason),
+                    started_at = case when $2 = 'running' then now() else started_at end,
+                    verifying_at = case when $2 = 'verifying' then now() else verifying_at end,
+                    finished_at = case when $2 in ('succeeded', 'failed', 'skipped', 'aborted') then now() else finished_at end
+              where id = $1",
+        )
+        .bind(self.loaded.phase_ids[index])
+        .bind(state.as_str())
+        .bind(reason)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// `queued` → the environment's first state, if the environment is free. Returns false when
+    /// another rollout still holds it.
+    pub async fn activate(mut self, needs_approval: bool) -> Result<bool, StoreError> {
+        let next = if needs_approval {
+            RolloutState::PendingApproval
+        } else {
+            RolloutState::InProgress
+        };
+        match self.set_state(next, None).await {
+            Ok(()) => {}
+            Err(StoreError::Database(error))
+                if StoreError::is_unique_violation(&error, "rollouts_one_active_per_environment") =>
+            {
+                return Ok(false);
+            }
+            Err(other) => return Err(other),
+        }
+        self.event("rollout.activated", json!({ "state": next })).await?;
+        self.commit().await?;
+        Ok(true)
+    }
+
+    /// `pending_approval` → `in_progress`.
+    pub async fn start(mut self) -> Result<(), StoreError> {
+        self.set_state(RolloutState::InProgress, None).await?;
+        self.event("rollout.started", json!({})).await?;
+        self.commit().await
+    }
+
+    /// A phase starts its steps.
+    pub async fn start_phase(mut self, index: usize) -> Result<(), StoreError> {
+        self.set_phase(index, PhaseState::Running, None).await?;
+        sqlx::query("update rollouts set current_phase = $2 where id = $1")
+            .bind(self.loaded.id)
+            .bind(index as i32)
+            .execute(&mut *self.tx)
+            .await?;
+        let name = self.loaded.plan.phases[index].name.clone();
+        self.event("phase.started", json!({ "phase": name, "index": index }))
+            .await?;
+        self.commit().await
+    }
+
+    /// Records the intent of a step attempt before the provider is called.
+    pub async fn record_intent(
+        mut self,
+        phase: usize,
+        step: usize,
+        attempt: u32,
+        request: &Value,
+    ) -> Result<(Uuid, String), StoreError> {
+        let spec = &self.loaded.plan.phases[phase].steps[step];
+        let natural_key = format!("{}:{phase}:{step}:{attempt}", self.loaded.id);
+        let provider = spec
+            .component()
+            .and_then(|c| self.loaded.targets.get(c))
+            .map(|t| t.provider.as_str());
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "insert into step_runs (id, rollout_id, phase_id, step_index, attempt, kind, component,
+                                    provider, natural_key, request)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(self.loaded.id)
+        .bind(self.loaded.phase_ids[phase])
+        .bind(step as i32)
+        .bind(attempt as i32)
+        .bind(spec.kind())
+        .bind(spec.component())
+        .bind(provider)
+        .bind(&natural_key)
+        .bind(request)
+        .execute(&mut *self.tx)
+        .await?;
+        self.event(
+            "step.started",
+            json!({ "phase": phase, "step": spec.describe(), "attempt": attempt }),
+        )
+        .await?;
+        self.commit().await?;
+        Ok((id, natural_key))
+    }
+
+    /// The provider accepted the step: store its reference.
+    pub async fn step_submitted(
+        mut self,
+        step_id: Uuid,
+        provider_ref: &str,
+        detail: Option<Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "update step_runs set state = 'submitted', provider_ref = $2, submitted_at = now(),
+                    result = coalesce($3, result)
+              where id = $1 and state = 'pending'",
+        )
+        .bind(step_id)
+        .bind(provider_ref)
+        .bind(detail)
+        .execute(&mut *self.tx)
+        .await?;
+        self.commit().await
+    }
+
+    /// A poll found the operation still running.
+    pub async fn step_polled(mut self, step_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("update step_runs set last_polled_at = now() where id = $1")
+            .bind(step_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// The step settled. A succeeded deploy or rollback updates what runs in the environment.
+    pub async fn step_finished(
+        mut self,
+        phase: usize,
+        step: usize,
+        step_id: Uuid,
+        outcome: Result<Value, String>,
+    ) -> Result<(), StoreError> {
+        let spec = self.loaded.plan.phases[phase].steps[step].clone();
+        let (state, result, error) = match &outcome {
+            Ok(result) => (StepState::Succeeded, Some(result.clone()), None),
+            Err(error) => (StepState::Failed, None, Some(error.clone())),
+        };
+        sqlx::query(
+            "update step_runs set state = $2::step_state, result = coalesce($3, result), error = $4,
+                    finished_at = now(), submitted_at = coalesce(submitted_at, now())
+              where id = $1 and state in ('pending', 'submitted')",
+        )
+        .bind(step_id)
+        .bind(state.as_str())
+        .bind(&result)
+        .bind(&error)
+        .execute(&mut *self.tx)
+        .await?;
+        if state == StepState::Succeeded {
+            if let Some(component) = spec.component() {
+                let kind = spec.kind();
+                if kind == "deploy" || kind == "rollback" {
+                    let provider_ref: Option<String> =
+                        sqlx::query_scalar("select provider_ref from step_runs where id = $1")
+                            .bind(step_id)
+                            .fetch_one(&mut *self.tx)
+                            .await?;
+                    sqlx::query(
+                        "insert into live_components (environment_id, component_id, release_id, rollout_id, provider_ref, since)
+                         select $1, c.id, $3, $4, $5, now() from components c where c.app_id = $2 and c.name = $6
+                         on conflict (environment_id, component_id) do update
+                            set release_id = excluded.release_id, rollout_id = excluded.rollout_id,
+                                provider_ref = excluded.provider_ref, since = excluded.since",
+                    )
+                    .bind(self.loaded.environment_id)
+                    .bind(self.loaded.app_id)
+                    .bind(self.loaded.release.id)
+                    .bind(self.loaded.id)
+                    .bind(provider_ref)
+                    .bind(component)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                if let shipgate_domain::plan::StepSpec::Config { vars, .. } = &spec {
+                    self.record_config(component, vars).await?;
+                }
+            }
+        }
+        self.event(
+            if state == StepState::Succeeded { "step.succeeded" } else { "step.failed" },
+            json!({ "phase": phase, "step": spec.describe(), "error": error }),
+        )
+        .await?;
+        self.commit().await
+    }
+
+    async fn record_config(
+        &mut self,
+        component: &str,
+        vars: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), StoreError> {
+        let actor = self.actor.label();
+        for (key, value) in vars {
+            sqlx::query(
+                "with c as (select id from components where app_id = $2 and name = $3),
+                      old as (select value from config_values, c
+                               where environment_id = $1 and component_id = c.id and key = $4),
+                      history as (insert into config_history (environment_id, component_id, key, old_value, new_value, changed_by, rollout_id)
+                                  select $1, c.id, $4, (select value from old), $5, $6, $7 from c)
+                 insert into config_values (environment_id, component_id, key, value, updated_by, rollout_id)
+                 select $1, c.id, $4, $5, $6, $7 from c
+                 on conflict (environment_id, component_id, key) do update
+                    set value = excluded.value, updated_at = now(), updated_by = excluded.updated_by,
+                        rollout_id = excluded.rollout_id",
+            )
+            .bind(self.loaded.environment_id)
+            .bind(self.loaded.app_id)
+            .bind(component)
+            .bind(key)
+            .bind(value)
+            .bind(&actor)
+            .bind(self.loaded.id)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A submitted step did not settle in time.
+    pub async fn step_timed_out(
+        self,
+        phase: usize,
+        step: usize,
+        step_id: Uuid,
+        timeout: shipgate_domain::Span,
+    ) -> Result<(), StoreError> {
+        self.step_finished(
+            phase,
+            step,
+            step_id,
+            Err(format!("the provider did not finish within {timeout}")),
+        )
+        .await
+    }
+
+    /// A phase's steps are done: its gates start counting.
+    pub async fn verify(mut self, index: usize) -> Result<(), StoreError> {
+        self.set_phase(index, PhaseState::Verifying, None).await?;
+        self.event("phase.verifying", json!({ "index": index })).await?;
+        self.commit().await
+    }
+
+    /// Records one gate measurement.
+    pub async fn record_check(
+        mut self,
+        phase: usize,
+        gate: usize,
+        verdict: Verdict,
+        value: Option<f64>,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let kind = self.loaded.plan.phases[phase].gates[gate].kind();
+        sqlx::query(
+            "insert into gate_checks (rollout_id, phase_id, gate_index, gate_kind, verdict, value, detail)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.loaded.id)
+        .bind(self.loaded.phase_ids[phase])
+        .bind(gate as i32)
+        .bind(kind)
+        .bind(verdict.as_str())
+        .bind(value.filter(|v| v.is_finite()))
+        .bind(detail)
+        .execute(&mut *self.tx)
+        .await?;
+        self.commit().await
+    }
+
+    /// A phase passed.
+    pub async fn phase_succeeded(mut self, index: usize) -> Result<(), StoreError> {
+        self.set_phase(index, PhaseState::Succeeded, None).await?;
+        let name = self.loaded.plan.phases[index].name.clone();
+        self.event("phase.succeeded", json!({ "phase": name, "index": index }))
+            .await?;
+        self.commit().await
+    }
+
+    /// The rollout pauses for a person.
+    pub async fn pause(mut self, reason: &str) -> Result<(), StoreError> {
+        self.set_state(RolloutState::Paused, Some(reason)).await?;
+        self.event("rollout.paused", json!({ "reason": reason })).await?;
+        self.commit().await
+    }
+
+    /// Every phase passed. A rollback that succeeds marks what it undid `rolled_back`.
+    pub async fn succeed(mut self) -> Result<(), StoreError> {
+        self.set_state(RolloutState::Succeeded, None).await?;
+        self.event("rollout.succeeded", json!({ "release": self.loaded.release.version }))
+            .await?;
+        if self.loaded.view.kind == RolloutKind::Rollback {
+            self.finish_rollback(true, None).await?;
+        }
+        wake_queue(&mut self.tx, self.loaded.environment_id).await?;
+        self.commit().await
+    }
+
+    /// The rollout failed. A rollback that fails marks what it undid `rollback_failed`.
+    pub async fn fail(mut self, phase: Option<usize>, reason: &str) -> Result<(), StoreError> {
+        if let Some(index) = phase {
+            if !self.loaded.view.phases[index].state.is_final() {
+                self.set_phase(index, PhaseState::Failed, Some(reason)).await?;
+            }
+        }
+        finish_phases(&mut self.tx, self.loaded.id).await?;
+        self.set_state(RolloutState::Failed, Some(reason)).await?;
+        self.event("rollout.failed", json!({ "reason": reason })).await?;
+        if self.loaded.view.kind == RolloutKind::Rollback {
+            self.finish_rollback(false, Some(reason)).await?;
+        }
+        wake_queue(&mut self.tx, self.loaded.environment_id).await?;
+        self.commit().await
+    }
+
+    async fn finish_rollback(&mut self, restored: bool, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "update rollbacks set outcome = $2, restored_at = case when $2 = 'restored' then now() end
+              where rollout_id = $1",
+        )
+        .bind(self.loaded.id)
+        .bind(if restored { "restored" } else { "failed" })
+        .execute(&mut *self.tx)
+        .await?;
+        if let Some(undone) = self.loaded.rollback_of {
+            let state = if restored { "rolled_back" } else { "rollback_failed" };
+            let reason = match reason {
+                Some(reason) => format!("the rollback failed: {reason}"),
+                None => format!("rolled back to {}", self.loaded.release.version),
+            };
+            sqlx::query(
+                "update rollouts set state = $2::rollout_state, state_reason = coalesce(state_reason || '; ', '') || $3,
+                        finished_at = now(), updated_at = now(), version = version + 1
+                  where id = $1 and state = 'rolling_back'",
+            )
+            .bind(undone)
+            .bind(state)
+            .bind(&reason)
+            .execute(&mut *self.tx)
+            .await?;
+            let scope = Scope {
+                rollout_id: Some(undone),
+                ..self.scope()
+            };
+            events::record(
+                &mut *self.tx,
+                scope,
+                &self.actor,
+                &format!("rollout.{state}"),
+                json!({ "rollback": self.loaded.id }),
+            )
+            .await?;
+            notify(&mut self.tx, undone).await?;
+        }
+        self.event(
+            if restored { "rollback.restored" } else { "rollback.failed" },
+            json!({ "to_release": self.loaded.release.version }),
+        )
+        .await
+    }
+
+    /// A phase failed with `on_failure: rollback`: start the linked rollback rollout.
+    pub async fn roll_back(
+        mut self,
+        phase: usize,
+        reason: &str,
+        detected_at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError> {
+        if !self.loaded.view.phases[phase].state.is_final() {
+            self.set_phase(phase, PhaseState::Failed, Some(reason)).await?;
+        }
+        let environment = crate::apps::environment(
+            &mut *self.tx,
+            &self.loaded.app,
+            &self.loaded.environment,
+        )
+        .await?;
+        let actor = self.actor.clone();
+        let rollback_id = rollouts::rollback_in(
+            &mut self.tx,
+            &environment,
+            Some(self.loaded.id),
+            rollouts::RollbackRequest {
+                to_release: None,
+                reason,
+                trigger: "gate",
+                detected_at: Some(detected_at),
+                actor: &actor,
+            },
+        )
+        .await?;
+        self.tx.commit().await?;
+        Ok(rollback_id)
+    }
+}
