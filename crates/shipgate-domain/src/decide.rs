@@ -328,10 +328,18 @@ fn decide_running(view: &RolloutView, now: DateTime<Utc>, timing: Timing) -> Dec
                 match step.state {
                     StepState::Succeeded => continue,
                     StepState::Pending => {
+                        // A provider that stays unreachable fails the step at the same deadline
+                        // as one that never finishes.
+                        if now >= step.created_at + timing.step_timeout.to_chrono() {
+                            return Decision::Transition(Transition::StepTimedOut {
+                                phase: index,
+                                step: step_index,
+                            });
+                        }
                         return Decision::Reconcile {
                             phase: index,
                             step: step_index,
-                        }
+                        };
                     }
                     StepState::Submitted => {
                         let submitted = step.submitted_at.unwrap_or(step.created_at);

@@ -1,1 +1,706 @@
-//! placeholder
+//! The rollout engine: workers claim due rollouts from Postgres with a lease, ask the domain
+//! what to do next, record that intent, act through provider adapters and probes, and record
+//! the outcome. LISTEN/NOTIFY wakes them at once; a poll is the fallback.
+//!
+//! Crash safety comes from the order of writes: a step's intent (with its natural key) commits
+//! before the provider is called, so a worker that resumes a step with intent but no provider
+//! reference asks the provider whether the operation exists instead of calling it again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use shipgate_domain::decide::{decide, Decision, Timing, Transition};
+use shipgate_domain::plan::{GateSpec, NoData, StepSpec};
+use shipgate_domain::state::Verdict;
+use shipgate_providers::probes;
+use shipgate_providers::{
+    OperationStatus, ProviderError, Registry, StepRequest, Submitted, TargetContext,
+};
+use shipgate_store::crypto::SecretBox;
+use shipgate_store::engine::{self as store, Fenced, Loaded};
+use shipgate_store::{StoreError, WAKE_CHANNEL};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This replica's name, recorded as the lease owner and event actor.
+    pub replica: String,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often to look for due work when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Rollouts driven at once by this replica.
+    pub concurrency: usize,
+    /// Step polling and timeouts.
+    pub timing: Timing,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            replica: format!("replica-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            concurrency: 32,
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// Why a tick stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A provider is unavailable for now; the rollout retries after the wait.
+    #[error("provider unavailable: {message}")]
+    Backoff {
+        /// What happened.
+        message: String,
+        /// When to try again.
+        wait: Duration,
+    },
+}
+
+/// The engine of one replica.
+pub struct Engine {
+    pool: PgPool,
+    providers: Registry,
+    secrets: SecretBox,
+    http: reqwest::Client,
+    config: EngineConfig,
+    held: Mutex<HashSet<Uuid>>,
+    wake: Notify,
+}
+
+impl Engine {
+    /// An engine over `pool` driving `providers`.
+    pub fn new(pool: PgPool, providers: Registry, secrets: SecretBox, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Engine {
+            pool,
+            providers,
+            secrets,
+            http: probes::client(),
+            config,
+            held: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.config.replica
+    }
+
+    /// Runs until `shutdown` resolves: listens for wake-ups, claims due rollouts, drives them,
+    /// and renews the leases it holds.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
+        info!(replica = %self.config.replica, "engine started");
+        let listener = tokio::spawn(Arc::clone(&self).listen());
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        tokio::pin!(shutdown);
+        loop {
+            let available = permits.available_permits();
+            if available > 0 {
+                match store::claim_due(&self.pool, &self.config.replica, self.config.lease, available as i64).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            let permit = Arc::clone(&permits)
+                                .acquire_owned()
+                                .await
+                                .expect("the semaphore is never closed");
+                            self.held.lock().expect("lock").insert(id);
+                            let engine = Arc::clone(&self);
+                            tokio::spawn(async move {
+                                engine.drive(id).await;
+                                engine.held.lock().expect("lock").remove(&id);
+                                drop(permit);
+                                // A finished drive may have freed an environment: look again.
+                                engine.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(error) => warn!(%error, "claiming rollouts failed; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        listener.abort();
+        heartbeat.abort();
+        // Give back what we hold so another replica continues at once.
+        let held: Vec<Uuid> = self.held.lock().expect("lock").iter().copied().collect();
+        for id in held {
+            let _ = sqlx::query("update rollouts set lease_owner = null, lease_until = null where id = $1 and lease_owner = $2")
+                .bind(id)
+                .bind(&self.config.replica)
+                .execute(&self.pool)
+                .await;
+        }
+        info!(replica = %self.config.replica, "engine stopped");
+    }
+
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    warn!(%error, "cannot listen for wake-ups; polling meanwhile");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = listener.listen(WAKE_CHANNEL).await {
+                warn!(%error, "LISTEN failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            // Anything that happened while we were not listening is found by the next claim.
+            self.wake.notify_one();
+            loop {
+                match listener.recv().await {
+                    Ok(_) => self.wake.notify_one(),
+                    Err(error) => {
+                        warn!(%error, "lost the wake-up connection; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let held: Vec<Uuid> = self.held.lock().expect("lock").iter().copied().collect();
+            if held.is_empty() {
+                continue;
+            }
+            if let Err(error) = store::renew(&self.pool, &self.config.replica, &held, self.config.lease).await {
+                warn!(%error, "renewing leases failed");
+            }
+        }
+    }
+
+    /// Drives one claimed rollout until it has nothing to do now, then gives the lease back.
+    async fn drive(&self, id: Uuid) {
+        let mut seen_version = 0;
+        let outcome = self.tick(id, &mut seen_version).await;
+        let result = match outcome {
+            Ok(wake_at) => {
+                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at).await
+            }
+            Err(EngineError::Backoff { message, wait }) => {
+                debug!(rollout.id = %id, %message, "backing off");
+                let wake_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at).await
+            }
+            Err(EngineError::Store(StoreError::Fenced)) => Ok(()),
+            Err(error) => {
+                warn!(rollout.id = %id, %error, "tick failed");
+                metrics::counter!("shipgate_engine_errors_total").increment(1);
+                match store::count_failed_tick(&self.pool, id).await {
+                    Ok(count) if count >= 10 => self.give_up(id, &error.to_string()).await,
+                    _ => {}
+                }
+                sqlx::query("update rollouts set lease_owner = null, lease_until = null where id = $1 and lease_owner = $2")
+                    .bind(id)
+                    .bind(&self.config.replica)
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from)
+            }
+        };
+        if let Err(error) = result {
+            warn!(rollout.id = %id, %error, "giving the lease back failed; it will lapse");
+        }
+    }
+
+    /// After repeated engine errors a rollout fails with the reason rather than retrying forever.
+    async fn give_up(&self, id: Uuid, reason: &str) {
+        let Ok(loaded) = store::load(&self.pool, id).await else { return };
+        if loaded.view.state.is_terminal() {
+            return;
+        }
+        let fenced = Fenced::begin(&self.pool, &loaded, &self.config.replica).await;
+        if let Ok(fenced) = fenced {
+            let failed = fenced
+                .fail(None, &format!("the engine failed 10 times in a row: {reason}"))
+                .await;
+            if let Err(error) = failed {
+                warn!(rollout.id = %id, %error, "could not mark the rollout failed");
+            }
+        }
+    }
+
+    /// Decides and acts until the rollout is waiting; returns when it is next due.
+    pub async fn tick(&self, id: Uuid, seen_version: &mut i64) -> Result<chrono::DateTime<Utc>, EngineError> {
+        for _ in 0..500 {
+            let loaded = store::load(&self.pool, id).await?;
+            *seen_version = loaded.version;
+            let now = Utc::now();
+            let decision = decide(&loaded.view, now, self.config.timing);
+            debug!(rollout.id = %id, ?decision, "decided");
+            match decision {
+                Decision::SleepUntil(at) => return Ok(at),
+                Decision::Idle => return Ok(now + chrono::Duration::hours(1)),
+                Decision::Transition(transition) => {
+                    let kind = transition_name(&transition);
+                    let keep_going = self.transition(&loaded, transition).await?;
+                    metrics::counter!("shipgate_transitions_total", "transition" => kind).increment(1);
+                    if !keep_going {
+                        return Ok(now + chrono::Duration::hours(1));
+                    }
+                }
+                Decision::Submit { phase, step, attempt } => {
+                    self.submit(&loaded, phase, step, attempt).await?;
+                }
+                Decision::Reconcile { phase, step } => self.reconcile(&loaded, phase, step).await?,
+                Decision::Poll { phase, step } => self.poll(&loaded, phase, step).await?,
+                Decision::Check { phase, gate } => self.check(&loaded, phase, gate).await?,
+            }
+        }
+        // A rollout that needs this many actions in one go is re-queued rather than hogging a worker.
+        Ok(Utc::now())
+    }
+
+    fn fence<'a>(&'a self, loaded: &'a Loaded) -> impl Future<Output = Result<Fenced<'a>, StoreError>> + 'a {
+        Fenced::begin(&self.pool, loaded, &self.config.replica)
+    }
+
+    /// Records a transition; returns false when the rollout must wait (queued behind another).
+    async fn transition(&self, loaded: &Loaded, transition: Transition) -> Result<bool, EngineError> {
+        let rollout = loaded.id;
+        match transition {
+            Transition::Activate => {
+                let activated = self.fence(loaded).await?.activate(loaded.view.approval.is_some()).await?;
+                return Ok(activated);
+            }
+            Transition::Start => self.fence(loaded).await?.start().await?,
+            Transition::StartPhase(index) => {
+                info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase started");
+                self.fence(loaded).await?.start_phase(index).await?;
+            }
+            Transition::StepTimedOut { phase, step } => {
+                let row = &loaded.steps[&(phase, step)];
+                self.fence(loaded)
+                    .await?
+                    .step_timed_out(phase, step, row.id, self.config.timing.step_timeout)
+                    .await?;
+            }
+            Transition::Verify(index) => self.fence(loaded).await?.verify(index).await?,
+            Transition::PhaseSucceeded(index) => {
+                info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase succeeded");
+                self.fence(loaded).await?.phase_succeeded(index).await?;
+            }
+            Transition::Pause { reason } => {
+                info!(rollout.id = %rollout, %reason, "rollout paused");
+                self.fence(loaded).await?.pause(&reason).await?;
+            }
+            Transition::Succeed => {
+                info!(rollout.id = %rollout, release = %loaded.release.version, "rollout succeeded");
+                self.fence(loaded).await?.succeed().await?;
+            }
+            Transition::Fail { phase, reason } => {
+                info!(rollout.id = %rollout, %reason, "rollout failed");
+                self.fence(loaded).await?.fail(phase, &reason).await?;
+            }
+            Transition::RollBack { phase, reason, detected_at } => {
+                info!(rollout.id = %rollout, %reason, "rolling back");
+                match self.fence(loaded).await?.roll_back(phase, &reason, detected_at).await {
+                    Ok(rollback) => {
+                        metrics::counter!("shipgate_rollbacks_total", "trigger" => "gate").increment(1);
+                        info!(rollout.id = %rollout, rollback.id = %rollback, "rollback started");
+                    }
+                    Err(StoreError::Refused(why)) | Err(StoreError::Conflict(why)) => {
+                        self.fence(loaded)
+                            .await?
+                            .fail(Some(phase), &format!("{reason}; could not roll back: {why}"))
+                            .await?;
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn credential(&self, loaded: &Loaded, component: &str) -> Result<Option<String>, EngineError> {
+        let Some(name) = loaded.targets.get(component).and_then(|t| t.credential.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            shipgate_store::apps::credential(&self.pool, &self.secrets, loaded.app_id, name).await?,
+        ))
+    }
+
+    async fn request(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<Value, EngineError> {
+        let spec = &loaded.plan.phases[phase].steps[step];
+        let version = loaded.release.version.clone();
+        let artifact = |component: &str| loaded.release.artifact(component).cloned().unwrap_or(Value::Null);
+        let request = match spec {
+            StepSpec::Deploy { component } => json!(StepRequest::Deploy { version, artifact: artifact(component) }),
+            StepSpec::Rollback { component } => {
+                let from_ref: Option<String> = match loaded.rollback_of {
+                    Some(undone) => sqlx::query_scalar(
+                        "select provider_ref from step_runs where rollout_id = $1 and component = $2
+                            and kind = 'deploy' and provider_ref is not null order by created_at desc limit 1",
+                    )
+                    .bind(undone)
+                    .bind(component)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from)?,
+                    None => None,
+                };
+                json!(StepRequest::Rollback { version, artifact: artifact(component), from_ref })
+            }
+            StepSpec::Traffic { percent, .. } => json!(StepRequest::Traffic { version, percent: *percent }),
+            StepSpec::Config { component, vars } => {
+                // Keep the values being replaced, so a rollback can restore them.
+                let keys: Vec<String> = vars.keys().cloned().collect();
+                let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                    "select v.key, v.value from config_values v join components c on c.id = v.component_id
+                      where v.environment_id = $1 and c.app_id = $2 and c.name = $3 and v.key = any($4)",
+                )
+                .bind(loaded.environment_id)
+                .bind(loaded.app_id)
+                .bind(component)
+                .bind(&keys)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from)?;
+                let known: BTreeMap<String, Option<String>> = rows.into_iter().collect();
+                let previous: BTreeMap<&String, Option<String>> =
+                    keys.iter().map(|k| (k, known.get(k).cloned().flatten())).collect();
+                let mut request = json!(StepRequest::Config { vars: vars.clone() });
+                request["previous"] = json!(previous);
+                request
+            }
+            StepSpec::Job { command, .. } => json!(StepRequest::Job { version, command: command.clone() }),
+            StepSpec::Wait { duration } => json!({ "action": "wait", "duration": duration }),
+        };
+        Ok(request)
+    }
+
+    fn step_request(value: &Value) -> Option<StepRequest> {
+        let action = value.get("action")?.as_str()?;
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        Some(match action {
+            "deploy" => StepRequest::Deploy { version: text("version")?, artifact: value["artifact"].clone() },
+            "rollback" => StepRequest::Rollback {
+                version: text("version")?,
+                artifact: value["artifact"].clone(),
+                from_ref: text("from_ref"),
+            },
+            "traffic" => StepRequest::Traffic {
+                version: text("version")?,
+                percent: value.get("percent")?.as_u64()? as u8,
+            },
+            "config" => StepRequest::Config { vars: serde_json::from_value(value.get("vars")?.clone()).ok()? },
+            "job" => StepRequest::Job { version: text("version")?, command: text("command")? },
+            _ => return None,
+        })
+    }
+
+    /// Records the intent of a step attempt, then calls the provider.
+    async fn submit(&self, loaded: &Loaded, phase: usize, step: usize, attempt: u32) -> Result<(), EngineError> {
+        let request = self.request(loaded, phase, step).await?;
+        let (step_id, natural_key) = self.fence(loaded).await?.record_intent(phase, step, attempt, &request).await?;
+        let mut after = loaded.clone();
+        after.version += 1;
+        self.call_provider(&after, phase, step, step_id, &natural_key, &request, false).await
+    }
+
+    /// A step has intent but no reference: the worker that recorded it may have crashed before or
+    /// after calling the provider. Ask the provider; submit only if it has no such operation.
+    async fn reconcile(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<(), EngineError> {
+        let row = loaded.steps[&(phase, step)].clone();
+        info!(rollout.id = %loaded.id, natural_key = %row.natural_key, "reconciling a step with the provider");
+        self.call_provider(loaded, phase, step, row.id, &row.natural_key, &row.request, true).await
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one call site each; a struct would only rename them")]
+    async fn call_provider(
+        &self,
+        loaded: &Loaded,
+        phase: usize,
+        step: usize,
+        step_id: Uuid,
+        natural_key: &str,
+        request: &Value,
+        reconciling: bool,
+    ) -> Result<(), EngineError> {
+        let spec = &loaded.plan.phases[phase].steps[step];
+        let Some(component) = spec.component() else {
+            // Waits have no provider: the timer starts now.
+            self.fence(loaded).await?.step_submitted(step_id, "timer", None).await?;
+            return Ok(());
+        };
+        let Some(target) = loaded.targets.get(component) else {
+            self.fence(loaded)
+                .await?
+                .step_finished(phase, step, step_id, Err(format!("`{component}` has no target")))
+                .await?;
+            return Ok(());
+        };
+        let Some(provider) = self.providers.get(target.provider) else {
+            self.fence(loaded)
+                .await?
+                .step_finished(
+                    phase,
+                    step,
+                    step_id,
+                    Err(format!("no {} adapter is available in this build", target.provider)),
+                )
+                .await?;
+            return Ok(());
+        };
+        let Some(step_request) = Self::step_request(request) else {
+            return Err(StoreError::Corrupt(format!("step request {request} is not readable")).into());
+        };
+        let credential = self.credential(loaded, component).await?;
+        let context = TargetContext {
+            app: &loaded.app,
+            environment: &loaded.environment,
+            component,
+            target,
+            credential: credential.as_deref(),
+        };
+        let provider_name = target.provider.as_str();
+        let started = Instant::now();
+        let found = if reconciling {
+            provider.find(&context, natural_key).await
+        } else {
+            Ok(None)
+        };
+        let result: Result<Submitted, ProviderError> = match found {
+            Ok(Some(found)) => {
+                info!(rollout.id = %loaded.id, reference = %found.reference, "the provider already has this operation; adopting it");
+                Ok(found)
+            }
+            Ok(None) => provider.submit(&context, &step_request, natural_key).await,
+            Err(error) => Err(error),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("shipgate_provider_calls_total", "provider" => provider_name, "operation" => "submit", "outcome" => outcome).increment(1);
+        metrics::histogram!("shipgate_provider_call_seconds", "provider" => provider_name, "operation" => "submit")
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(submitted) => {
+                self.fence(loaded)
+                    .await?
+                    .step_submitted(step_id, &submitted.reference, None)
+                    .await?;
+                let mut after = loaded.clone();
+                after.version += 1;
+                self.settle(&after, phase, step, step_id, request, submitted.status).await
+            }
+            Err(ProviderError::Permanent(message)) => {
+                self.fence(loaded).await?.step_finished(phase, step, step_id, Err(message)).await?;
+                Ok(())
+            }
+            Err(ProviderError::RateLimited(wait)) => Err(EngineError::Backoff {
+                message: "rate limited".into(),
+                wait,
+            }),
+            Err(ProviderError::Transient(message)) => Err(EngineError::Backoff {
+                message,
+                wait: Duration::from_secs(5),
+            }),
+        }
+    }
+
+    async fn settle(
+        &self,
+        loaded: &Loaded,
+        phase: usize,
+        step: usize,
+        step_id: Uuid,
+        request: &Value,
+        status: OperationStatus,
+    ) -> Result<(), EngineError> {
+        let outcome = match status {
+            OperationStatus::Running => return Ok(()),
+            OperationStatus::Succeeded(mut result) => {
+                if let Some(previous) = request.get("previous") {
+                    result["previous"] = previous.clone();
+                }
+                Ok(result)
+            }
+            OperationStatus::Failed(message) => Err(message),
+        };
+        self.fence(loaded).await?.step_finished(phase, step, step_id, outcome).await?;
+        Ok(())
+    }
+
+    async fn poll(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<(), EngineError> {
+        let row = loaded.steps[&(phase, step)].clone();
+        let spec = &loaded.plan.phases[phase].steps[step];
+        let Some(component) = spec.component() else {
+            // A wait step is due: it is done.
+            self.fence(loaded)
+                .await?
+                .step_finished(phase, step, row.id, Ok(json!({ "waited": true })))
+                .await?;
+            return Ok(());
+        };
+        let target = &loaded.targets[component];
+        let provider = self
+            .providers
+            .get(target.provider)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {} adapter", target.provider)))?;
+        let credential = self.credential(loaded, component).await?;
+        let context = TargetContext {
+            app: &loaded.app,
+            environment: &loaded.environment,
+            component,
+            target,
+            credential: credential.as_deref(),
+        };
+        let reference = row.provider_ref.clone().unwrap_or_default();
+        let started = Instant::now();
+        let status = provider.poll(&context, &reference).await;
+        metrics::histogram!("shipgate_provider_call_seconds", "provider" => target.provider.as_str(), "operation" => "poll")
+            .record(started.elapsed().as_secs_f64());
+        match status {
+            Ok(OperationStatus::Running) => self.fence(loaded).await?.step_polled(row.id).await?,
+            Ok(status) => self.settle(loaded, phase, step, row.id, &row.request, status).await?,
+            Err(ProviderError::Permanent(message)) => {
+                self.fence(loaded).await?.step_finished(phase, step, row.id, Err(message)).await?
+            }
+            Err(ProviderError::RateLimited(wait)) => {
+                return Err(EngineError::Backoff { message: "rate limited".into(), wait })
+            }
+            Err(ProviderError::Transient(message)) => {
+                metrics::counter!("shipgate_provider_calls_total", "provider" => target.provider.as_str(), "operation" => "poll", "outcome" => "error").increment(1);
+                debug!(rollout.id = %loaded.id, %message, "poll failed; will poll again");
+                self.fence(loaded).await?.step_polled(row.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one measurement of a gate and records it.
+    async fn check(&self, loaded: &Loaded, phase: usize, gate: usize) -> Result<(), EngineError> {
+        let spec = &loaded.plan.phases[phase].gates[gate];
+        let (verdict, value, detail) = match spec {
+            GateSpec::Health(health) => {
+                let mut healthy = true;
+                let mut parts = Vec::new();
+                let mut values = Vec::new();
+                for component in &health.components {
+                    let Some(target) = loaded.targets.get(component) else {
+                        healthy = false;
+                        parts.push(format!("{component}: no target"));
+                        continue;
+                    };
+                    if let Some(check) = &target.health {
+                        let probe = probes::http_health(&self.http, check, health.timeout.to_std()).await;
+                        healthy &= probe.verdict == Verdict::Pass;
+                        values.extend(probe.value);
+                        parts.push(format!("{component}: {}", probe.summary));
+                        continue;
+                    }
+                    let reading = match self.providers.get(target.provider) {
+                        Some(provider) => {
+                            let credential = self.credential(loaded, component).await?;
+                            let context = TargetContext {
+                                app: &loaded.app,
+                                environment: &loaded.environment,
+                                component,
+                                target,
+                                credential: credential.as_deref(),
+                            };
+                            provider.health(&context).await
+                        }
+                        None => None,
+                    };
+                    match reading {
+                        Some(Ok(reading)) => {
+                            healthy &= reading.healthy;
+                            parts.push(format!("{component}: {}", reading.summary));
+                        }
+                        Some(Err(error)) => {
+                            healthy = false;
+                            parts.push(format!("{component}: {error}"));
+                        }
+                        None => {
+                            healthy = false;
+                            parts.push(format!("{component}: no health URL and the provider has no health view"));
+                        }
+                    }
+                }
+                let verdict = if healthy { Verdict::Pass } else { Verdict::Fail };
+                (verdict, values.first().copied(), json!({ "summary": parts.join("; ") }))
+            }
+            GateSpec::Prometheus(metric) => {
+                let result = probes::prometheus_value(&self.http, &metric.url, &metric.query, Duration::from_secs(10)).await;
+                match result {
+                    Ok(Some(value)) => {
+                        let below = metric.below.is_none_or(|limit| value < limit);
+                        let above = metric.above.is_none_or(|limit| value > limit);
+                        let verdict = if below && above { Verdict::Pass } else { Verdict::Fail };
+                        (verdict, Some(value), json!({ "summary": format!("value {value}") }))
+                    }
+                    Ok(None) => {
+                        let verdict = match metric.no_data {
+                            NoData::Inconclusive => Verdict::Inconclusive,
+                            NoData::Fail => Verdict::Fail,
+                        };
+                        (verdict, None, json!({ "summary": "no data (empty result or NaN)" }))
+                    }
+                    Err(message) => (Verdict::Inconclusive, None, json!({ "summary": message })),
+                }
+            }
+            GateSpec::Webhook(webhook) => {
+                let payload = json!({
+                    "rollout": loaded.id, "app": loaded.app, "environment": loaded.environment,
+                    "release": loaded.release.version, "phase": loaded.plan.phases[phase].name,
+                });
+                let probe = probes::confirm_webhook(&self.http, &webhook.url, &payload, webhook.timeout.to_std()).await;
+                (probe.verdict, probe.value, json!({ "summary": probe.summary }))
+            }
+            // Soaks and approvals are decided from time and people, never measured.
+            GateSpec::Soak { .. } | GateSpec::Approval { .. } => {
+                return Err(StoreError::Corrupt(format!("{} gates are not measured", spec.kind())).into())
+            }
+        };
+        metrics::counter!("shipgate_gate_checks_total", "kind" => spec.kind(), "verdict" => verdict.as_str()).increment(1);
+        self.fence(loaded).await?.record_check(phase, gate, verdict, value, detail).await?;
+        Ok(())
+    }
+}
+
+fn transition_name(transition: &Transition) -> &'static str {
+    match transition {
+        Transition::Activate => "activate",
+        Transition::Start => "start",
+        Transition::StartPhase(_) => "start_phase",
+        Transition::StepTimedOut { .. } => "step_timed_out",
+        Transition::Verify(_) => "verify",
+        Transition::PhaseSucceeded(_) => "phase_succeeded",
+        Transition::RollBack { .. } => "roll_back",
+        Transition::Pause { .. } => "pause",
+        Transition::Succeed => "succeed",
+        Transition::Fail { .. } => "fail",
+    }
+}
