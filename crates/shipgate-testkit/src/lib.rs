@@ -1,1 +1,1 @@
-//! placeholder
+//! Test support: a fresh database per test, and the real `shipgate` binary started on port 0.

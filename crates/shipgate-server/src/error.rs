@@ -1,0 +1,139 @@
+//! Every error the HTTP surface returns, as RFC 9457 `application/problem+json`. Database and
+//! internal errors are logged and answered with a generic 500: driver text never reaches a body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use shipgate_domain::config::{ConfigError, FieldError};
+use shipgate_store::StoreError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no or bad credentials.
+    #[error("authentication required")]
+    Unauthorized,
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: conflicts with stored state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: the request is refused in the current state, or a field is invalid.
+    #[error("{detail}")]
+    Unprocessable {
+        /// What is wrong.
+        detail: String,
+        /// The fields at fault.
+        errors: Vec<FieldError>,
+    },
+    /// 400: malformed request (bad JSON, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: a dependency is down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 naming one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let field = field.into();
+        ApiError::Unprocessable {
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError { field, message }],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, title) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        };
+        let detail = match &self {
+            ApiError::Internal(message) => {
+                tracing::error!(error = %message, "internal error");
+                "something went wrong on our side; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let errors = match self {
+            ApiError::Unprocessable { errors, .. } => errors,
+            _ => Vec::new(),
+        };
+        let body = Problem {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = (status, axum::Json(json!(body))).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"shipgate\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Refused(message) => ApiError::Unprocessable {
+                detail: message,
+                errors: Vec::new(),
+            },
+            StoreError::Fenced => ApiError::Conflict("the rollout changed meanwhile; try again".into()),
+            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                ApiError::Unavailable("the database is not answering".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(error: ConfigError) -> Self {
+        ApiError::Unprocessable {
+            detail: error.to_string(),
+            errors: error.errors,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Request extractors with problem+json rejections: JSON bodies whose errors name the field at
+//! fault, and bearer-token authentication.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use shipgate_store::Actor;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A JSON body; a malformed one is a 400, a wrong field a 422 naming it.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, naming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let field = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+        } else if field == "." {
+            ApiError::field("", inner.to_string())
+        } else {
+            ApiError::field(field, inner.to_string())
+        }
+    })
+}
+
+/// An authenticated caller. Until users and scoped tokens exist, the bootstrap admin token
+/// (`SHIPGATE_ADMIN_TOKEN`) is the only credential; it is compared in constant time.
+pub struct Admin(pub Actor);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            Some(token) if token_matches(token, &state.admin_token) => Ok(Admin(Actor::token("admin"))),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Constant-time comparison of a presented token with the expected one.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}

@@ -1,0 +1,75 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::Admin;
+use crate::AppState;
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process is up.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The process can serve: the database answers.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let check = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool),
+    )
+    .await;
+    match check {
+        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": "the database is not answering" })),
+        ),
+    }
+}
+
+/// Prometheus text: rollouts by state (read from the database, so it is the same on every
+/// replica), plus this process's counters and histograms.
+async fn metrics(_admin: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select s.state::text, count(r.id) from unnest(enum_range(null::rollout_state)) s(state)
+           left join rollouts r on r.state = s.state group by s.state order by s.state",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let rollbacks: Vec<(String, String, i64)> = sqlx::query_as(
+        "select trigger, coalesce(outcome, 'running'), count(*) from rollbacks group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut text = String::from(
+        "# HELP shipgate_rollouts Rollouts by state.\n# TYPE shipgate_rollouts gauge\n",
+    );
+    for (rollout_state, count) in rows {
+        text.push_str(&format!("shipgate_rollouts{{state=\"{rollout_state}\"}} {count}\n"));
+    }
+    text.push_str("# HELP shipgate_rollbacks Rollbacks by trigger and outcome.\n# TYPE shipgate_rollbacks gauge\n");
+    for (trigger, outcome, count) in rollbacks {
+        text.push_str(&format!(
+            "shipgate_rollbacks{{trigger=\"{trigger}\",outcome=\"{outcome}\"}} {count}\n"
+        ));
+    }
+    if let Some(handle) = &state.metrics {
+        text.push_str(&handle.render());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
