@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::duration::Span;
 use crate::plan::{
-    GateSpec, HealthGate, NoData, OnFailure, PhaseSpec, Plan, PrometheusGate, StepSpec,
-    WebhookGate,
+    GateSpec, HealthGate, NoData, OnFailure, PhaseSpec, Plan, PrometheusGate, StepSpec, WebhookGate,
 };
 use crate::provider::ProviderKind;
 
@@ -442,9 +441,8 @@ pub struct AppliedDocument {
 pub fn parse_tree(text: &str) -> Result<Value, ConfigError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        return serde_json::from_str(text).map_err(|error| {
-            ConfigError::single("", format!("not valid JSON: {error}"))
-        });
+        return serde_json::from_str(text)
+            .map_err(|error| ConfigError::single("", format!("not valid JSON: {error}")));
     }
     let value: Value = serde_yaml::from_str(text)
         .map_err(|error| ConfigError::single("", format!("not valid YAML: {error}")))?;
@@ -519,9 +517,9 @@ fn substitute(
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
         let after = &rest[start..];
-        if after.starts_with("$${") {
+        if let Some(literal) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = literal;
         } else if let Some(body) = after.strip_prefix("${") {
             let Some(end) = body.find('}') else {
                 out.push_str(after);
@@ -597,7 +595,10 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
     let mut components = BTreeSet::new();
     for (index, component) in document.components.iter().enumerate() {
         if !is_valid_name(component) {
-            push(format!("components[{index}]"), format!("`{component}` {NAME_RULE}"));
+            push(
+                format!("components[{index}]"),
+                format!("`{component}` {NAME_RULE}"),
+            );
         }
         if !components.insert(component.as_str()) {
             push(
@@ -608,16 +609,25 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
     }
     for name in document.credentials.keys() {
         if !is_valid_name(name) {
-            push(format!("credentials.{name}"), format!("`{name}` {NAME_RULE}"));
+            push(
+                format!("credentials.{name}"),
+                format!("`{name}` {NAME_RULE}"),
+            );
         }
     }
     for (name, secret) in &document.credentials {
         if secret.expose().is_empty() {
-            push(format!("credentials.{name}"), "the credential is empty".into());
+            push(
+                format!("credentials.{name}"),
+                "the credential is empty".into(),
+            );
         }
     }
     if document.environments.is_empty() {
-        push("environments".into(), "declare at least one environment".into());
+        push(
+            "environments".into(),
+            "declare at least one environment".into(),
+        );
     }
 
     let mut environment_names = BTreeSet::new();
@@ -625,7 +635,10 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
     for (env_index, environment) in document.environments.iter().enumerate() {
         let at = format!("environments[{env_index}]");
         if !is_valid_name(&environment.name) {
-            push(format!("{at}.name"), format!("`{}` {NAME_RULE}", environment.name));
+            push(
+                format!("{at}.name"),
+                format!("`{}` {NAME_RULE}", environment.name),
+            );
         }
         if !environment_names.insert(environment.name.as_str()) {
             push(
@@ -842,7 +855,10 @@ struct PhaseContext<'a> {
     prometheus_url: Option<&'a str>,
 }
 
-fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<PhaseSpec, Vec<FieldError>> {
+fn build_phase(
+    phase: &PhaseDocument,
+    context: &PhaseContext<'_>,
+) -> Result<PhaseSpec, Vec<FieldError>> {
     let at = context.at;
     let mut errors = Vec::new();
     let mut error = |field: String, message: String| errors.push(FieldError { field, message });
@@ -857,7 +873,10 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
     let mut steps = Vec::new();
     if let Some(job) = &phase.job {
         match target_of(&job.component) {
-            None => error(format!("{at}.job.component"), missing_target(&job.component)),
+            None => error(
+                format!("{at}.job.component"),
+                missing_target(&job.component),
+            ),
             Some(target) if !target.provider.capabilities().jobs => error(
                 format!("{at}.job"),
                 format!("the {} provider cannot run jobs", target.provider),
@@ -916,12 +935,7 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
     for (component, vars) in &phase.config {
         let vars = vars
             .iter()
-            .map(|(key, value)| {
-                (
-                    key.clone(),
-                    value.clone().map(ConfigValue::into_string),
-                )
-            })
+            .map(|(key, value)| (key.clone(), value.clone().map(ConfigValue::into_string)))
             .collect();
         steps.push(StepSpec::Config {
             component: component.clone(),
@@ -1008,7 +1022,10 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
                     );
                 }
                 if health.interval.as_millis() < 100 {
-                    error(format!("{field}.health.interval"), "must be at least 100ms".into());
+                    error(
+                        format!("{field}.health.interval"),
+                        "must be at least 100ms".into(),
+                    );
                 }
                 gates.push(GateSpec::Health(HealthGate {
                     components,
@@ -1029,7 +1046,10 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
                     .or(approvals.map(|a| a.required))
                     .unwrap_or(1);
                 if required == 0 {
-                    error(format!("{field}.approval.required"), "must be at least 1".into());
+                    error(
+                        format!("{field}.approval.required"),
+                        "must be at least 1".into(),
+                    );
                 }
                 gates.push(GateSpec::Approval {
                     required,
@@ -1040,7 +1060,10 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
                 });
             }
             GateDocument::Prometheus(metric) => {
-                let url = metric.url.clone().or(context.prometheus_url.map(str::to_owned));
+                let url = metric
+                    .url
+                    .clone()
+                    .or(context.prometheus_url.map(str::to_owned));
                 if url.is_none() {
                     error(
                         format!("{field}.prometheus.url"),
@@ -1054,7 +1077,10 @@ fn build_phase(phase: &PhaseDocument, context: &PhaseContext<'_>) -> Result<Phas
                     );
                 }
                 if metric.query.trim().is_empty() {
-                    error(format!("{field}.prometheus.query"), "the query is empty".into());
+                    error(
+                        format!("{field}.prometheus.query"),
+                        "the query is empty".into(),
+                    );
                 }
                 gates.push(GateSpec::Prometheus(PrometheusGate {
                     url: url.unwrap_or_default(),
@@ -1145,7 +1171,9 @@ environments:
     }
 
     fn errors_of(text: &str) -> Vec<FieldError> {
-        load(text, &env).expect_err("document should be refused").errors
+        load(text, &env)
+            .expect_err("document should be refused")
+            .errors
     }
 
     #[test]
@@ -1162,7 +1190,10 @@ environments:
             }]
         );
         let json = serde_json::to_string(&applied.spec).unwrap();
-        assert!(!json.contains("heroku-secret"), "the spec must hold no secret");
+        assert!(
+            !json.contains("heroku-secret"),
+            "the spec must hold no secret"
+        );
     }
 
     #[test]
@@ -1186,7 +1217,10 @@ environments:
 
     #[test]
     fn unknown_fields_are_named() {
-        let errors = errors_of(&CLASS_CHAT.replace("on_failure: pause", "on_failure: pause\n        colour: red"));
+        let errors = errors_of(&CLASS_CHAT.replace(
+            "on_failure: pause",
+            "on_failure: pause\n        colour: red",
+        ));
         assert_eq!(errors[0].field, "environments[0].plan[2].colour");
         assert!(errors[0].message.contains("colour"), "{:?}", errors);
     }
@@ -1194,7 +1228,10 @@ environments:
     #[test]
     fn wrong_types_are_named() {
         let errors = errors_of(&CLASS_CHAT.replace("failures: 3", "failures: lots"));
-        assert_eq!(errors[0].field, "environments[0].plan[0].gates[0].health.failures");
+        assert_eq!(
+            errors[0].field,
+            "environments[0].plan[0].gates[0].health.failures"
+        );
     }
 
     #[test]
@@ -1209,7 +1246,10 @@ environments:
 
     #[test]
     fn duplicate_names_are_refused() {
-        let errors = errors_of(&CLASS_CHAT.replace("[frontend, node-api, python-ai]", "[frontend, node-api, python-ai, frontend]"));
+        let errors = errors_of(&CLASS_CHAT.replace(
+            "[frontend, node-api, python-ai]",
+            "[frontend, node-api, python-ai, frontend]",
+        ));
         assert_eq!(errors[0].field, "components[3]");
         let errors = errors_of(&CLASS_CHAT.replace("name: frontend\n", "name: backend\n"));
         assert_eq!(errors[0].field, "environments[0].plan[1].name");
@@ -1227,10 +1267,17 @@ environments:
 
     #[test]
     fn missing_provider_settings_and_credentials_are_named() {
-        let errors = errors_of(&CLASS_CHAT.replace("app: class-chat-node, credential: heroku,", ""));
+        let errors =
+            errors_of(&CLASS_CHAT.replace("app: class-chat-node, credential: heroku,", ""));
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"environments[0].targets.node-api.app"), "{fields:?}");
-        assert!(fields.contains(&"environments[0].targets.node-api.credential"), "{fields:?}");
+        assert!(
+            fields.contains(&"environments[0].targets.node-api.app"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"environments[0].targets.node-api.credential"),
+            "{fields:?}"
+        );
     }
 
     #[test]
@@ -1238,6 +1285,9 @@ environments:
         let json = r#"{"app":"demo","components":["web"],"environments":[{"name":"staging",
             "targets":{"web":{"provider":"simulated"}},"plan":[{"name":"all","deploy":["web"]}]}]}"#;
         let applied = load(json, &|_| None).unwrap();
-        assert_eq!(applied.spec.environments[0].plan.phases[0].on_failure, OnFailure::Rollback);
+        assert_eq!(
+            applied.spec.environments[0].plan.phases[0].on_failure,
+            OnFailure::Rollback
+        );
     }
 }

@@ -500,7 +500,10 @@ pub fn gate_status(
     };
     let failed = |run: &[&CheckView]| {
         let first = run.last().map_or(now, |check| check.at);
-        let summary = run.first().map(|check| check.summary.clone()).unwrap_or_default();
+        let summary = run
+            .first()
+            .map(|check| check.summary.clone())
+            .unwrap_or_default();
         GateStatus::Failed(
             format!("{} consecutive failures, last: {summary}", run.len()),
             first,
@@ -575,10 +578,7 @@ pub fn gate_status(
                 return failed(&failures);
             }
             if past_deadline(metric.deadline) {
-                return GateStatus::Inconclusive(format!(
-                    "no verdict within {}",
-                    metric.deadline
-                ));
+                return GateStatus::Inconclusive(format!("no verdict within {}", metric.deadline));
             }
             next_due(metric.interval, metric.initial_delay)
         }

@@ -38,7 +38,9 @@ impl Span {
 
 /// Why a duration string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{input}` is not a duration: write a number and a unit, such as 500ms, 30s, 5m, 1h or 1h30m")]
+#[error(
+    "`{input}` is not a duration: write a number and a unit, such as 500ms, 30s, 5m, 1h or 1h30m"
+)]
 pub struct SpanParseError {
     input: String,
 }

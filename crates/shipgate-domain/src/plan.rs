@@ -265,12 +265,15 @@ impl Plan {
 
     /// The first health gate that covers `component`, if the plan has one.
     pub fn health_gate_for(&self, component: &str) -> Option<&HealthGate> {
-        self.phases.iter().flat_map(|phase| &phase.gates).find_map(|gate| match gate {
-            GateSpec::Health(health) if health.components.iter().any(|c| c == component) => {
-                Some(health)
-            }
-            _ => None,
-        })
+        self.phases
+            .iter()
+            .flat_map(|phase| &phase.gates)
+            .find_map(|gate| match gate {
+                GateSpec::Health(health) if health.components.iter().any(|c| c == component) => {
+                    Some(health)
+                }
+                _ => None,
+            })
     }
 }
 

@@ -155,9 +155,14 @@ impl RolloutState {
         use RolloutState::*;
         matches!(
             (self, next),
-            (Queued, PendingApproval | InProgress | Cancelled | Superseded)
-                | (PendingApproval, InProgress | Cancelled | Failed)
-                | (InProgress, Paused | Succeeded | Failed | Cancelled | RollingBack)
+            (
+                Queued,
+                PendingApproval | InProgress | Cancelled | Superseded
+            ) | (PendingApproval, InProgress | Cancelled | Failed)
+                | (
+                    InProgress,
+                    Paused | Succeeded | Failed | Cancelled | RollingBack
+                )
                 | (Paused, InProgress | Cancelled | Failed | RollingBack)
                 | (RollingBack, RolledBack | RollbackFailed)
         )

@@ -57,7 +57,10 @@ fn every_example_validates() {
         "nuggetwise.yaml",
         "rag-chatbot.yaml",
     ] {
-        assert!(names.iter().any(|name| name == expected), "missing {expected}: {names:?}");
+        assert!(
+            names.iter().any(|name| name == expected),
+            "missing {expected}: {names:?}"
+        );
     }
     let mut refused = Vec::new();
     for path in &files {
@@ -66,7 +69,11 @@ fn every_example_validates() {
             refused.push(format!("{}: {error}", path.display()));
         }
     }
-    assert!(refused.is_empty(), "examples refused:\n{}", refused.join("\n"));
+    assert!(
+        refused.is_empty(),
+        "examples refused:\n{}",
+        refused.join("\n")
+    );
 }
 
 #[test]
@@ -94,13 +101,22 @@ fn class_chat_runs_four_phases_in_production_ending_with_the_ocr_flag() {
     let spec = load_example("class-chat.yaml");
     let production = environment(&spec, "production");
     let phases = &production.plan.phases;
-    assert_eq!(phases.len(), 4, "{:?}", phases.iter().map(|p| &p.name).collect::<Vec<_>>());
+    assert_eq!(
+        phases.len(),
+        4,
+        "{:?}",
+        phases.iter().map(|p| &p.name).collect::<Vec<_>>()
+    );
 
     assert_eq!(
         phases[0].steps,
         vec![
-            StepSpec::Deploy { component: "python-ai".into() },
-            StepSpec::Deploy { component: "node-api".into() },
+            StepSpec::Deploy {
+                component: "python-ai".into()
+            },
+            StepSpec::Deploy {
+                component: "node-api".into()
+            },
         ],
         "the Python service deploys before the Node API"
     );
@@ -115,7 +131,10 @@ fn class_chat_runs_four_phases_in_production_ending_with_the_ocr_flag() {
         "{:?}",
         ocr.steps
     );
-    assert!(ocr.gates.iter().any(|gate| matches!(gate, GateSpec::Approval { .. })));
+    assert!(ocr
+        .gates
+        .iter()
+        .any(|gate| matches!(gate, GateSpec::Approval { .. })));
     assert_eq!(ocr.on_failure, OnFailure::Pause);
 }
 
@@ -156,13 +175,23 @@ fn rag_chatbot_shifts_canary_traffic_10_then_50_then_100() {
 
     assert_eq!(
         phases[0].steps.first(),
-        Some(&StepSpec::Deploy { component: "api".into() }),
+        Some(&StepSpec::Deploy {
+            component: "api".into()
+        }),
         "the first phase deploys before it shifts traffic"
     );
     for phase in phases {
-        assert_eq!(phase.on_failure, OnFailure::Rollback, "phase {}", phase.name);
+        assert_eq!(
+            phase.on_failure,
+            OnFailure::Rollback,
+            "phase {}",
+            phase.name
+        );
         assert!(
-            phase.gates.iter().any(|gate| matches!(gate, GateSpec::Health(_))),
+            phase
+                .gates
+                .iter()
+                .any(|gate| matches!(gate, GateSpec::Health(_))),
             "phase {} has a health gate",
             phase.name
         );

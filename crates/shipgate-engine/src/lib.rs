@@ -87,7 +87,12 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over `pool` driving `providers`.
-    pub fn new(pool: PgPool, providers: Registry, secrets: SecretBox, config: EngineConfig) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        providers: Registry,
+        secrets: SecretBox,
+        config: EngineConfig,
+    ) -> Arc<Self> {
         Arc::new(Engine {
             pool,
             providers,
@@ -115,7 +120,14 @@ impl Engine {
         loop {
             let available = permits.available_permits();
             if available > 0 {
-                match store::claim_due(&self.pool, &self.config.replica, self.config.lease, available as i64).await {
+                match store::claim_due(
+                    &self.pool,
+                    &self.config.replica,
+                    self.config.lease,
+                    available as i64,
+                )
+                .await
+                {
                     Ok(ids) => {
                         for id in ids {
                             let permit = Arc::clone(&permits)
@@ -193,7 +205,9 @@ impl Engine {
             if held.is_empty() {
                 continue;
             }
-            if let Err(error) = store::renew(&self.pool, &self.config.replica, &held, self.config.lease).await {
+            if let Err(error) =
+                store::renew(&self.pool, &self.config.replica, &held, self.config.lease).await
+            {
                 warn!(%error, "renewing leases failed");
             }
         }
@@ -205,12 +219,14 @@ impl Engine {
         let outcome = self.tick(id, &mut seen_version).await;
         let result = match outcome {
             Ok(wake_at) => {
-                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at).await
+                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at)
+                    .await
             }
             Err(EngineError::Backoff { message, wait }) => {
                 debug!(rollout.id = %id, %message, "backing off");
                 let wake_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at).await
+                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at)
+                    .await
             }
             Err(EngineError::Store(StoreError::Fenced)) => Ok(()),
             Err(error) => {
@@ -236,14 +252,19 @@ impl Engine {
 
     /// After repeated engine errors a rollout fails with the reason rather than retrying forever.
     async fn give_up(&self, id: Uuid, reason: &str) {
-        let Ok(loaded) = store::load(&self.pool, id).await else { return };
+        let Ok(loaded) = store::load(&self.pool, id).await else {
+            return;
+        };
         if loaded.view.state.is_terminal() {
             return;
         }
         let fenced = Fenced::begin(&self.pool, &loaded, &self.config.replica).await;
         if let Ok(fenced) = fenced {
             let failed = fenced
-                .fail(None, &format!("the engine failed 10 times in a row: {reason}"))
+                .fail(
+                    None,
+                    &format!("the engine failed 10 times in a row: {reason}"),
+                )
                 .await;
             if let Err(error) = failed {
                 warn!(rollout.id = %id, %error, "could not mark the rollout failed");
@@ -252,46 +273,84 @@ impl Engine {
     }
 
     /// Decides and acts until the rollout is waiting; returns when it is next due.
-    pub async fn tick(&self, id: Uuid, seen_version: &mut i64) -> Result<chrono::DateTime<Utc>, EngineError> {
+    pub async fn tick(
+        &self,
+        id: Uuid,
+        seen_version: &mut i64,
+    ) -> Result<chrono::DateTime<Utc>, EngineError> {
         for _ in 0..500 {
             let loaded = store::load(&self.pool, id).await?;
             *seen_version = loaded.version;
             let now = Utc::now();
             let decision = decide(&loaded.view, now, self.config.timing);
             debug!(rollout.id = %id, ?decision, "decided");
-            match decision {
-                Decision::SleepUntil(at) => return Ok(at),
-                Decision::Idle => return Ok(now + chrono::Duration::hours(1)),
-                Decision::Transition(transition) => {
-                    let kind = transition_name(&transition);
-                    let keep_going = self.transition(&loaded, transition).await?;
-                    metrics::counter!("shipgate_transitions_total", "transition" => kind).increment(1);
-                    if !keep_going {
-                        return Ok(now + chrono::Duration::hours(1));
-                    }
-                }
-                Decision::Submit { phase, step, attempt } => {
-                    self.submit(&loaded, phase, step, attempt).await?;
-                }
-                Decision::Reconcile { phase, step } => self.reconcile(&loaded, phase, step).await?,
-                Decision::Poll { phase, step } => self.poll(&loaded, phase, step).await?,
-                Decision::Check { phase, gate } => self.check(&loaded, phase, gate).await?,
+            match self.act(&loaded, decision, now).await {
+                Ok(Some(wake_at)) => return Ok(wake_at),
+                Ok(None) => {}
+                // Someone changed the rollout between our read and our write (a person's action,
+                // a wake-up): read again, as long as the rollout is still ours.
+                Err(EngineError::Store(StoreError::Fenced))
+                    if store::holds_lease(&self.pool, id, &self.config.replica).await? => {}
+                Err(error) => return Err(error),
             }
         }
         // A rollout that needs this many actions in one go is re-queued rather than hogging a worker.
         Ok(Utc::now())
     }
 
-    fn fence<'a>(&'a self, loaded: &'a Loaded) -> impl Future<Output = Result<Fenced<'a>, StoreError>> + 'a {
+    /// Performs one decision; returns when the rollout is next due if it has nothing to do now.
+    async fn act(
+        &self,
+        loaded: &Loaded,
+        decision: Decision,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<chrono::DateTime<Utc>>, EngineError> {
+        match decision {
+            Decision::SleepUntil(at) => return Ok(Some(at)),
+            Decision::Idle => return Ok(Some(now + chrono::Duration::hours(1))),
+            Decision::Transition(transition) => {
+                let kind = transition_name(&transition);
+                let keep_going = self.transition(loaded, transition).await?;
+                metrics::counter!("shipgate_transitions_total", "transition" => kind).increment(1);
+                if !keep_going {
+                    return Ok(Some(now + chrono::Duration::hours(1)));
+                }
+            }
+            Decision::Submit {
+                phase,
+                step,
+                attempt,
+            } => {
+                self.submit(loaded, phase, step, attempt).await?;
+            }
+            Decision::Reconcile { phase, step } => self.reconcile(loaded, phase, step).await?,
+            Decision::Poll { phase, step } => self.poll(loaded, phase, step).await?,
+            Decision::Check { phase, gate } => self.check(loaded, phase, gate).await?,
+        }
+        Ok(None)
+    }
+
+    fn fence<'a>(
+        &'a self,
+        loaded: &'a Loaded,
+    ) -> impl Future<Output = Result<Fenced<'a>, StoreError>> + 'a {
         Fenced::begin(&self.pool, loaded, &self.config.replica)
     }
 
     /// Records a transition; returns false when the rollout must wait (queued behind another).
-    async fn transition(&self, loaded: &Loaded, transition: Transition) -> Result<bool, EngineError> {
+    async fn transition(
+        &self,
+        loaded: &Loaded,
+        transition: Transition,
+    ) -> Result<bool, EngineError> {
         let rollout = loaded.id;
         match transition {
             Transition::Activate => {
-                let activated = self.fence(loaded).await?.activate(loaded.view.approval.is_some()).await?;
+                let activated = self
+                    .fence(loaded)
+                    .await?
+                    .activate(loaded.view.approval.is_some())
+                    .await?;
                 return Ok(activated);
             }
             Transition::Start => self.fence(loaded).await?.start().await?,
@@ -323,17 +382,30 @@ impl Engine {
                 info!(rollout.id = %rollout, %reason, "rollout failed");
                 self.fence(loaded).await?.fail(phase, &reason).await?;
             }
-            Transition::RollBack { phase, reason, detected_at } => {
+            Transition::RollBack {
+                phase,
+                reason,
+                detected_at,
+            } => {
                 info!(rollout.id = %rollout, %reason, "rolling back");
-                match self.fence(loaded).await?.roll_back(phase, &reason, detected_at).await {
+                match self
+                    .fence(loaded)
+                    .await?
+                    .roll_back(phase, &reason, detected_at)
+                    .await
+                {
                     Ok(rollback) => {
-                        metrics::counter!("shipgate_rollbacks_total", "trigger" => "gate").increment(1);
+                        metrics::counter!("shipgate_rollbacks_total", "trigger" => "gate")
+                            .increment(1);
                         info!(rollout.id = %rollout, rollback.id = %rollback, "rollback started");
                     }
                     Err(StoreError::Refused(why)) | Err(StoreError::Conflict(why)) => {
                         self.fence(loaded)
                             .await?
-                            .fail(Some(phase), &format!("{reason}; could not roll back: {why}"))
+                            .fail(
+                                Some(phase),
+                                &format!("{reason}; could not roll back: {why}"),
+                            )
                             .await?;
                     }
                     Err(other) => return Err(other.into()),
@@ -343,21 +415,44 @@ impl Engine {
         Ok(true)
     }
 
-    async fn credential(&self, loaded: &Loaded, component: &str) -> Result<Option<String>, EngineError> {
-        let Some(name) = loaded.targets.get(component).and_then(|t| t.credential.as_deref()) else {
+    async fn credential(
+        &self,
+        loaded: &Loaded,
+        component: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(name) = loaded
+            .targets
+            .get(component)
+            .and_then(|t| t.credential.as_deref())
+        else {
             return Ok(None);
         };
         Ok(Some(
-            shipgate_store::apps::credential(&self.pool, &self.secrets, loaded.app_id, name).await?,
+            shipgate_store::apps::credential(&self.pool, &self.secrets, loaded.app_id, name)
+                .await?,
         ))
     }
 
-    async fn request(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<Value, EngineError> {
+    async fn request(
+        &self,
+        loaded: &Loaded,
+        phase: usize,
+        step: usize,
+    ) -> Result<Value, EngineError> {
         let spec = &loaded.plan.phases[phase].steps[step];
         let version = loaded.release.version.clone();
-        let artifact = |component: &str| loaded.release.artifact(component).cloned().unwrap_or(Value::Null);
+        let artifact = |component: &str| {
+            loaded
+                .release
+                .artifact(component)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         let request = match spec {
-            StepSpec::Deploy { component } => json!(StepRequest::Deploy { version, artifact: artifact(component) }),
+            StepSpec::Deploy { component } => json!(StepRequest::Deploy {
+                version,
+                artifact: artifact(component)
+            }),
             StepSpec::Rollback { component } => {
                 let from_ref: Option<String> = match loaded.rollback_of {
                     Some(undone) => sqlx::query_scalar(
@@ -371,9 +466,16 @@ impl Engine {
                     .map_err(StoreError::from)?,
                     None => None,
                 };
-                json!(StepRequest::Rollback { version, artifact: artifact(component), from_ref })
+                json!(StepRequest::Rollback {
+                    version,
+                    artifact: artifact(component),
+                    from_ref
+                })
             }
-            StepSpec::Traffic { percent, .. } => json!(StepRequest::Traffic { version, percent: *percent }),
+            StepSpec::Traffic { percent, .. } => json!(StepRequest::Traffic {
+                version,
+                percent: *percent
+            }),
             StepSpec::Config { component, vars } => {
                 // Keep the values being replaced, so a rollback can restore them.
                 let keys: Vec<String> = vars.keys().cloned().collect();
@@ -389,13 +491,18 @@ impl Engine {
                 .await
                 .map_err(StoreError::from)?;
                 let known: BTreeMap<String, Option<String>> = rows.into_iter().collect();
-                let previous: BTreeMap<&String, Option<String>> =
-                    keys.iter().map(|k| (k, known.get(k).cloned().flatten())).collect();
+                let previous: BTreeMap<&String, Option<String>> = keys
+                    .iter()
+                    .map(|k| (k, known.get(k).cloned().flatten()))
+                    .collect();
                 let mut request = json!(StepRequest::Config { vars: vars.clone() });
                 request["previous"] = json!(previous);
                 request
             }
-            StepSpec::Job { command, .. } => json!(StepRequest::Job { version, command: command.clone() }),
+            StepSpec::Job { command, .. } => json!(StepRequest::Job {
+                version,
+                command: command.clone()
+            }),
             StepSpec::Wait { duration } => json!({ "action": "wait", "duration": duration }),
         };
         Ok(request)
@@ -405,7 +512,10 @@ impl Engine {
         let action = value.get("action")?.as_str()?;
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
         Some(match action {
-            "deploy" => StepRequest::Deploy { version: text("version")?, artifact: value["artifact"].clone() },
+            "deploy" => StepRequest::Deploy {
+                version: text("version")?,
+                artifact: value["artifact"].clone(),
+            },
             "rollback" => StepRequest::Rollback {
                 version: text("version")?,
                 artifact: value["artifact"].clone(),
@@ -415,30 +525,63 @@ impl Engine {
                 version: text("version")?,
                 percent: value.get("percent")?.as_u64()? as u8,
             },
-            "config" => StepRequest::Config { vars: serde_json::from_value(value.get("vars")?.clone()).ok()? },
-            "job" => StepRequest::Job { version: text("version")?, command: text("command")? },
+            "config" => StepRequest::Config {
+                vars: serde_json::from_value(value.get("vars")?.clone()).ok()?,
+            },
+            "job" => StepRequest::Job {
+                version: text("version")?,
+                command: text("command")?,
+            },
             _ => return None,
         })
     }
 
     /// Records the intent of a step attempt, then calls the provider.
-    async fn submit(&self, loaded: &Loaded, phase: usize, step: usize, attempt: u32) -> Result<(), EngineError> {
+    async fn submit(
+        &self,
+        loaded: &Loaded,
+        phase: usize,
+        step: usize,
+        attempt: u32,
+    ) -> Result<(), EngineError> {
         let request = self.request(loaded, phase, step).await?;
-        let (step_id, natural_key) = self.fence(loaded).await?.record_intent(phase, step, attempt, &request).await?;
+        let (step_id, natural_key) = self
+            .fence(loaded)
+            .await?
+            .record_intent(phase, step, attempt, &request)
+            .await?;
         let mut after = loaded.clone();
         after.version += 1;
-        self.call_provider(&after, phase, step, step_id, &natural_key, &request, false).await
+        self.call_provider(&after, phase, step, step_id, &natural_key, &request, false)
+            .await
     }
 
     /// A step has intent but no reference: the worker that recorded it may have crashed before or
     /// after calling the provider. Ask the provider; submit only if it has no such operation.
-    async fn reconcile(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<(), EngineError> {
+    async fn reconcile(
+        &self,
+        loaded: &Loaded,
+        phase: usize,
+        step: usize,
+    ) -> Result<(), EngineError> {
         let row = loaded.steps[&(phase, step)].clone();
         info!(rollout.id = %loaded.id, natural_key = %row.natural_key, "reconciling a step with the provider");
-        self.call_provider(loaded, phase, step, row.id, &row.natural_key, &row.request, true).await
+        self.call_provider(
+            loaded,
+            phase,
+            step,
+            row.id,
+            &row.natural_key,
+            &row.request,
+            true,
+        )
+        .await
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site each; a struct would only rename them")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site each; a struct would only rename them"
+    )]
     async fn call_provider(
         &self,
         loaded: &Loaded,
@@ -452,13 +595,21 @@ impl Engine {
         let spec = &loaded.plan.phases[phase].steps[step];
         let Some(component) = spec.component() else {
             // Waits have no provider: the timer starts now.
-            self.fence(loaded).await?.step_submitted(step_id, "timer", None).await?;
+            self.fence(loaded)
+                .await?
+                .step_submitted(step_id, "timer", None)
+                .await?;
             return Ok(());
         };
         let Some(target) = loaded.targets.get(component) else {
             self.fence(loaded)
                 .await?
-                .step_finished(phase, step, step_id, Err(format!("`{component}` has no target")))
+                .step_finished(
+                    phase,
+                    step,
+                    step_id,
+                    Err(format!("`{component}` has no target")),
+                )
                 .await?;
             return Ok(());
         };
@@ -469,13 +620,18 @@ impl Engine {
                     phase,
                     step,
                     step_id,
-                    Err(format!("no {} adapter is available in this build", target.provider)),
+                    Err(format!(
+                        "no {} adapter is available in this build",
+                        target.provider
+                    )),
                 )
                 .await?;
             return Ok(());
         };
         let Some(step_request) = Self::step_request(request) else {
-            return Err(StoreError::Corrupt(format!("step request {request} is not readable")).into());
+            return Err(
+                StoreError::Corrupt(format!("step request {request} is not readable")).into(),
+            );
         };
         let credential = self.credential(loaded, component).await?;
         let context = TargetContext {
@@ -512,10 +668,14 @@ impl Engine {
                     .await?;
                 let mut after = loaded.clone();
                 after.version += 1;
-                self.settle(&after, phase, step, step_id, request, submitted.status).await
+                self.settle(&after, phase, step, step_id, request, submitted.status)
+                    .await
             }
             Err(ProviderError::Permanent(message)) => {
-                self.fence(loaded).await?.step_finished(phase, step, step_id, Err(message)).await?;
+                self.fence(loaded)
+                    .await?
+                    .step_finished(phase, step, step_id, Err(message))
+                    .await?;
                 Ok(())
             }
             Err(ProviderError::RateLimited(wait)) => Err(EngineError::Backoff {
@@ -548,7 +708,10 @@ impl Engine {
             }
             OperationStatus::Failed(message) => Err(message),
         };
-        self.fence(loaded).await?.step_finished(phase, step, step_id, outcome).await?;
+        self.fence(loaded)
+            .await?
+            .step_finished(phase, step, step_id, outcome)
+            .await?;
         Ok(())
     }
 
@@ -583,12 +746,21 @@ impl Engine {
             .record(started.elapsed().as_secs_f64());
         match status {
             Ok(OperationStatus::Running) => self.fence(loaded).await?.step_polled(row.id).await?,
-            Ok(status) => self.settle(loaded, phase, step, row.id, &row.request, status).await?,
+            Ok(status) => {
+                self.settle(loaded, phase, step, row.id, &row.request, status)
+                    .await?
+            }
             Err(ProviderError::Permanent(message)) => {
-                self.fence(loaded).await?.step_finished(phase, step, row.id, Err(message)).await?
+                self.fence(loaded)
+                    .await?
+                    .step_finished(phase, step, row.id, Err(message))
+                    .await?
             }
             Err(ProviderError::RateLimited(wait)) => {
-                return Err(EngineError::Backoff { message: "rate limited".into(), wait })
+                return Err(EngineError::Backoff {
+                    message: "rate limited".into(),
+                    wait,
+                })
             }
             Err(ProviderError::Transient(message)) => {
                 metrics::counter!("shipgate_provider_calls_total", "provider" => target.provider.as_str(), "operation" => "poll", "outcome" => "error").increment(1);
@@ -614,7 +786,8 @@ impl Engine {
                         continue;
                     };
                     if let Some(check) = &target.health {
-                        let probe = probes::http_health(&self.http, check, health.timeout.to_std()).await;
+                        let probe =
+                            probes::http_health(&self.http, check, health.timeout.to_std()).await;
                         healthy &= probe.verdict == Verdict::Pass;
                         values.extend(probe.value);
                         parts.push(format!("{component}: {}", probe.summary));
@@ -645,28 +818,56 @@ impl Engine {
                         }
                         None => {
                             healthy = false;
-                            parts.push(format!("{component}: no health URL and the provider has no health view"));
+                            parts.push(format!(
+                                "{component}: no health URL and the provider has no health view"
+                            ));
                         }
                     }
                 }
-                let verdict = if healthy { Verdict::Pass } else { Verdict::Fail };
-                (verdict, values.first().copied(), json!({ "summary": parts.join("; ") }))
+                let verdict = if healthy {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                };
+                (
+                    verdict,
+                    values.first().copied(),
+                    json!({ "summary": parts.join("; ") }),
+                )
             }
             GateSpec::Prometheus(metric) => {
-                let result = probes::prometheus_value(&self.http, &metric.url, &metric.query, Duration::from_secs(10)).await;
+                let result = probes::prometheus_value(
+                    &self.http,
+                    &metric.url,
+                    &metric.query,
+                    Duration::from_secs(10),
+                )
+                .await;
                 match result {
                     Ok(Some(value)) => {
                         let below = metric.below.is_none_or(|limit| value < limit);
                         let above = metric.above.is_none_or(|limit| value > limit);
-                        let verdict = if below && above { Verdict::Pass } else { Verdict::Fail };
-                        (verdict, Some(value), json!({ "summary": format!("value {value}") }))
+                        let verdict = if below && above {
+                            Verdict::Pass
+                        } else {
+                            Verdict::Fail
+                        };
+                        (
+                            verdict,
+                            Some(value),
+                            json!({ "summary": format!("value {value}") }),
+                        )
                     }
                     Ok(None) => {
                         let verdict = match metric.no_data {
                             NoData::Inconclusive => Verdict::Inconclusive,
                             NoData::Fail => Verdict::Fail,
                         };
-                        (verdict, None, json!({ "summary": "no data (empty result or NaN)" }))
+                        (
+                            verdict,
+                            None,
+                            json!({ "summary": "no data (empty result or NaN)" }),
+                        )
                     }
                     Err(message) => (Verdict::Inconclusive, None, json!({ "summary": message })),
                 }
@@ -676,16 +877,31 @@ impl Engine {
                     "rollout": loaded.id, "app": loaded.app, "environment": loaded.environment,
                     "release": loaded.release.version, "phase": loaded.plan.phases[phase].name,
                 });
-                let probe = probes::confirm_webhook(&self.http, &webhook.url, &payload, webhook.timeout.to_std()).await;
-                (probe.verdict, probe.value, json!({ "summary": probe.summary }))
+                let probe = probes::confirm_webhook(
+                    &self.http,
+                    &webhook.url,
+                    &payload,
+                    webhook.timeout.to_std(),
+                )
+                .await;
+                (
+                    probe.verdict,
+                    probe.value,
+                    json!({ "summary": probe.summary }),
+                )
             }
             // Soaks and approvals are decided from time and people, never measured.
             GateSpec::Soak { .. } | GateSpec::Approval { .. } => {
-                return Err(StoreError::Corrupt(format!("{} gates are not measured", spec.kind())).into())
+                return Err(
+                    StoreError::Corrupt(format!("{} gates are not measured", spec.kind())).into(),
+                )
             }
         };
         metrics::counter!("shipgate_gate_checks_total", "kind" => spec.kind(), "verdict" => verdict.as_str()).increment(1);
-        self.fence(loaded).await?.record_check(phase, gate, verdict, value, detail).await?;
+        self.fence(loaded)
+            .await?
+            .record_check(phase, gate, verdict, value, detail)
+            .await?;
         Ok(())
     }
 }

@@ -147,7 +147,10 @@ pub trait Provider: Send + Sync {
     ) -> Result<OperationStatus, ProviderError>;
 
     /// The provider's own view of health, for targets without a health URL.
-    async fn health(&self, _target: &TargetContext<'_>) -> Option<Result<HealthReading, ProviderError>> {
+    async fn health(
+        &self,
+        _target: &TargetContext<'_>,
+    ) -> Option<Result<HealthReading, ProviderError>> {
         None
     }
 }

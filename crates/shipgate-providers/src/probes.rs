@@ -43,7 +43,11 @@ pub fn json_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// GETs a health URL: healthy when the status matches and the optional JSON field equals the
 /// expected value. Connection errors and timeouts are unhealthy.
-pub async fn http_health(client: &reqwest::Client, check: &HealthCheck, timeout: Duration) -> Probe {
+pub async fn http_health(
+    client: &reqwest::Client,
+    check: &HealthCheck,
+    timeout: Duration,
+) -> Probe {
     let started = Instant::now();
     let elapsed = |started: Instant| started.elapsed().as_millis() as u64;
     let response = client.get(&check.url).timeout(timeout).send().await;
@@ -84,16 +88,26 @@ pub async fn http_health(client: &reqwest::Client, check: &HealthCheck, timeout:
     };
     let body: Result<Value, _> = response.json().await;
     let (verdict, summary) = match body {
-        Err(_) => (Verdict::Fail, format!("HTTP {status} but the body is not JSON")),
+        Err(_) => (
+            Verdict::Fail,
+            format!("HTTP {status} but the body is not JSON"),
+        ),
         Ok(body) => match json_path(&body, &json_check.path) {
-            Some(found) if *found == json_check.equals => {
-                (Verdict::Pass, format!("HTTP {status}, {} = {found}", json_check.path))
-            }
+            Some(found) if *found == json_check.equals => (
+                Verdict::Pass,
+                format!("HTTP {status}, {} = {found}", json_check.path),
+            ),
             Some(found) => (
                 Verdict::Fail,
-                format!("HTTP {status}, {} = {found}, expected {}", json_check.path, json_check.equals),
+                format!(
+                    "HTTP {status}, {} = {found}, expected {}",
+                    json_check.path, json_check.equals
+                ),
             ),
-            None => (Verdict::Fail, format!("HTTP {status}, no `{}` in the body", json_check.path)),
+            None => (
+                Verdict::Fail,
+                format!("HTTP {status}, no `{}` in the body", json_check.path),
+            ),
         },
     };
     Probe {
@@ -132,7 +146,10 @@ pub async fn prometheus_value(
         .await
         .map_err(|_| format!("Prometheus answered HTTP {status} without JSON"))?;
     if body.get("status").and_then(Value::as_str) != Some("success") {
-        let error = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        let error = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         return Err(format!("Prometheus refused the query: {error}"));
     }
     let data = &body["data"];

@@ -67,19 +67,24 @@ impl Provider for Simulated {
         let latency: Span = setting(target, "latency")
             .and_then(|text| text.parse().ok())
             .unwrap_or(Span::secs(1));
-        let matches = |key: &str, text: &str| setting(target, key).is_some_and(|p| glob_matches(p, text));
+        let matches =
+            |key: &str, text: &str| setting(target, key).is_some_and(|p| glob_matches(p, text));
         let (kind, version, artifact, failure) = match request {
             StepRequest::Deploy { version, artifact } => (
                 "deploy",
                 Some(version.as_str()),
                 Some(artifact),
-                matches("fail_deploy", version).then(|| format!("build of {version} failed (injected)")),
+                matches("fail_deploy", version)
+                    .then(|| format!("build of {version} failed (injected)")),
             ),
-            StepRequest::Rollback { version, artifact, .. } => (
+            StepRequest::Rollback {
+                version, artifact, ..
+            } => (
                 "rollback",
                 Some(version.as_str()),
                 Some(artifact),
-                matches("fail_rollback", version).then(|| format!("rollback to {version} failed (injected)")),
+                matches("fail_rollback", version)
+                    .then(|| format!("rollback to {version} failed (injected)")),
             ),
             StepRequest::Traffic { version, .. } => ("traffic", Some(version.as_str()), None, None),
             StepRequest::Config { vars } => (
@@ -94,7 +99,8 @@ impl Provider for Simulated {
                 "job",
                 Some(version.as_str()),
                 None,
-                matches("fail_deploy", version).then(|| format!("job `{command}` exited 1 (injected)")),
+                matches("fail_deploy", version)
+                    .then(|| format!("job `{command}` exited 1 (injected)")),
             ),
         };
         let id = Uuid::now_v7();
@@ -153,9 +159,9 @@ impl Provider for Simulated {
         _target: &TargetContext<'_>,
         reference: &str,
     ) -> Result<OperationStatus, ProviderError> {
-        let id: Uuid = reference
-            .parse()
-            .map_err(|_| ProviderError::Permanent(format!("`{reference}` is not a simulated operation")))?;
+        let id: Uuid = reference.parse().map_err(|_| {
+            ProviderError::Permanent(format!("`{reference}` is not a simulated operation"))
+        })?;
         let row = sqlx::query(
             "select outcome, detail, ready_at <= now() as ready from simulated_operations where id = $1",
         )
@@ -164,10 +170,17 @@ impl Provider for Simulated {
         .await
         .map_err(transient)?
         .ok_or_else(|| ProviderError::Permanent(format!("operation {reference} does not exist")))?;
-        Ok(status_of(row.get("outcome"), row.get("detail"), row.get("ready")))
+        Ok(status_of(
+            row.get("outcome"),
+            row.get("detail"),
+            row.get("ready"),
+        ))
     }
 
-    async fn health(&self, target: &TargetContext<'_>) -> Option<Result<HealthReading, ProviderError>> {
+    async fn health(
+        &self,
+        target: &TargetContext<'_>,
+    ) -> Option<Result<HealthReading, ProviderError>> {
         let live = sqlx::query_scalar::<_, Option<String>>(
             "select version from simulated_operations
               where target = $1 and kind in ('deploy', 'rollback') and outcome = 'succeeded' and ready_at <= now()

@@ -31,13 +31,31 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/apps", get(list_apps))
         .route("/apps/{app}", put(apply_app).get(get_app))
-        .route("/apps/{app}/releases", post(create_release).get(list_releases))
+        .route(
+            "/apps/{app}/releases",
+            post(create_release).get(list_releases),
+        )
         .route("/apps/{app}/releases/{version}", get(get_release))
-        .route("/apps/{app}/environments/{environment}", get(environment_status))
-        .route("/apps/{app}/environments/{environment}/rollouts", post(start_rollout))
-        .route("/apps/{app}/environments/{environment}/rollback", post(roll_back))
-        .route("/apps/{app}/environments/{environment}/rollbacks", get(rollback_history))
-        .route("/apps/{app}/environments/{environment}/auto-deploy/resume", post(resume_auto_deploy))
+        .route(
+            "/apps/{app}/environments/{environment}",
+            get(environment_status),
+        )
+        .route(
+            "/apps/{app}/environments/{environment}/rollouts",
+            post(start_rollout),
+        )
+        .route(
+            "/apps/{app}/environments/{environment}/rollback",
+            post(roll_back),
+        )
+        .route(
+            "/apps/{app}/environments/{environment}/rollbacks",
+            get(rollback_history),
+        )
+        .route(
+            "/apps/{app}/environments/{environment}/auto-deploy/resume",
+            post(resume_auto_deploy),
+        )
         .route("/rollouts", get(list_rollouts))
         .route("/rollouts/{id}", get(get_rollout))
         .route("/rollouts/{id}/{action}", post(act_on_rollout))
@@ -63,13 +81,23 @@ async fn apply_app(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let accepted = ["application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/plain"];
-    if !accepted.iter().any(|accepted| content_type.starts_with(accepted)) {
+    let accepted = [
+        "application/json",
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/plain",
+    ];
+    if !accepted
+        .iter()
+        .any(|accepted| content_type.starts_with(accepted))
+    {
         return Err(ApiError::UnsupportedMediaType(
             "send the config as application/yaml or application/json".into(),
         ));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
     let mut tree = config::parse_tree(text)?;
     config::resolve_variables(&mut tree, &|_| None).map_err(|mut error| {
         for field in &mut error.errors {
@@ -83,18 +111,30 @@ async fn apply_app(
     if document.spec.app != app {
         return Err(ApiError::field(
             "app",
-            format!("the document declares app `{}` but was sent to /apps/{app}", document.spec.app),
+            format!(
+                "the document declares app `{}` but was sent to /apps/{app}",
+                document.spec.app
+            ),
         ));
     }
     let outcome = apps::apply(&state.pool, &document, &state.secrets, &actor).await?;
-    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
-        Json(json!({ "app": app, "created": outcome.created, "changed": !outcome.changes.is_empty(), "changes": outcome.changes })),
+        Json(
+            json!({ "app": app, "created": outcome.created, "changed": !outcome.changes.is_empty(), "changes": outcome.changes }),
+        ),
     ))
 }
 
-async fn list_apps(_admin: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn list_apps(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
     let apps = apps::list(&state.pool).await?;
     Ok(Json(json!({ "items": apps.iter().map(|a| json!({
         "name": a.name, "repository": a.spec.repository, "components": a.spec.components,
@@ -119,7 +159,8 @@ async fn create_release(
     ApiJson(release): ApiJson<NewRelease>,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = apps::get(&state.pool, &app).await?;
-    releases::check(&release, &app.spec.components).map_err(|(field, message)| ApiError::field(field, message))?;
+    releases::check(&release, &app.spec.components)
+        .map_err(|(field, message)| ApiError::field(field, message))?;
     let (release, created) = releases::create(&state.pool, app.id, &release, &actor, "api").await?;
     let status = match created {
         Created::New => StatusCode::CREATED,
@@ -150,7 +191,9 @@ async fn list_releases(
     let app = apps::get(&state.pool, &app).await?;
     let limit = limit(page.limit);
     let items = releases::list(&state.pool, app.id, page.before, limit).await?;
-    let next = (items.len() as i64 == limit).then(|| items.last().map(|r| r.id)).flatten();
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|r| r.id))
+        .flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
@@ -160,7 +203,9 @@ async fn get_release(
     Path((app, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = apps::get(&state.pool, &app).await?;
-    Ok(Json(releases::by_version(&state.pool, app.id, &version).await?))
+    Ok(Json(
+        releases::by_version(&state.pool, app.id, &version).await?,
+    ))
 }
 
 async fn environment_status(
@@ -173,7 +218,12 @@ async fn environment_status(
     let recent = rollouts::recent(&state.pool, Some(&app), Some(&environment.name), 10).await?;
     let in_flight = recent
         .iter()
-        .find(|r| matches!(r.state.as_str(), "pending_approval" | "in_progress" | "paused" | "rolling_back"))
+        .find(|r| {
+            matches!(
+                r.state.as_str(),
+                "pending_approval" | "in_progress" | "paused" | "rolling_back"
+            )
+        })
         .cloned();
     let current = rollouts::current_release_id(&state.pool, environment.id).await?;
     let current = match current {
@@ -215,15 +265,21 @@ async fn start_rollout(
     let release = releases::by_version(&state.pool, environment.app_id, &body.release)
         .await
         .map_err(|error| match error {
-            shipgate_store::StoreError::NotFound(_) => {
-                ApiError::field("release", format!("release `{}` does not exist", body.release))
-            }
+            shipgate_store::StoreError::NotFound(_) => ApiError::field(
+                "release",
+                format!("release `{}` does not exist", body.release),
+            ),
             other => other.into(),
         })?;
     let kind = match body.kind.as_deref() {
         None | Some("deploy") => RolloutKind::Deploy,
         Some("promote") => RolloutKind::Promote,
-        Some(other) => return Err(ApiError::field("kind", format!("`{other}` is not `deploy` or `promote`"))),
+        Some(other) => {
+            return Err(ApiError::field(
+                "kind",
+                format!("`{other}` is not `deploy` or `promote`"),
+            ))
+        }
     };
     let id = rollouts::start(
         &state.pool,
@@ -271,7 +327,10 @@ async fn roll_back(
     )
     .await?;
     metrics::counter!("shipgate_rollbacks_total", "trigger" => "api").increment(1);
-    Ok((StatusCode::CREATED, Json(rollouts::detail(&state.pool, id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(rollouts::detail(&state.pool, id).await?),
+    ))
 }
 
 async fn rollback_history(
@@ -341,9 +400,11 @@ async fn get_rollout(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     if let Some(wait) = &query.wait {
-        let wait: Span = wait
-            .parse()
-            .map_err(|error: shipgate_domain::duration::SpanParseError| ApiError::field("wait", error.to_string()))?;
+        let wait: Span =
+            wait.parse()
+                .map_err(|error: shipgate_domain::duration::SpanParseError| {
+                    ApiError::field("wait", error.to_string())
+                })?;
         let wait = wait.to_std().min(Duration::from_secs(120));
         let mut updates = state.updates.subscribe();
         let (version, rollout_state) = rollouts::version(&state.pool, id).await?;
@@ -392,7 +453,9 @@ async fn act_on_rollout(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType("send the body as application/json".into()));
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as application/json".into(),
+            ));
         }
         parse_json(&body)?
     };
@@ -404,7 +467,8 @@ async fn act_on_rollout(
                 return Err(ApiError::field("comment", "say why you reject it"));
             }
             // The bootstrap admin may approve its own rollouts; per-user rules come with users.
-            rollouts::decide_approval(&state.pool, id, approve, &actor, comment, is_admin(&actor)).await?;
+            rollouts::decide_approval(&state.pool, id, approve, &actor, comment, is_admin(&actor))
+                .await?;
         }
         name => {
             let action = match name {

@@ -51,7 +51,8 @@ fn session_key(state: &AppState) -> Vec<u8> {
 }
 
 fn sign(state: &AppState, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(&session_key(state)).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(&session_key(state)).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
@@ -69,7 +70,10 @@ pub struct Session {
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let cookie = parts
             .headers
             .get_all(header::COOKIE)
@@ -177,7 +181,10 @@ struct OverviewPage {
     csrf: String,
 }
 
-async fn overview(session: Session, State(state): State<AppState>) -> Result<Html<String>, ApiError> {
+async fn overview(
+    session: Session,
+    State(state): State<AppState>,
+) -> Result<Html<String>, ApiError> {
     let pool = &state.pool;
     let mut app_rows = Vec::new();
     let mut rollbacks = Vec::new();
@@ -197,7 +204,12 @@ async fn overview(session: Session, State(state): State<AppState>) -> Result<Htm
             let in_flight = rollouts::recent(pool, Some(&app.name), Some(&spec.name), 5)
                 .await?
                 .into_iter()
-                .find(|r| matches!(r.state.as_str(), "pending_approval" | "in_progress" | "paused" | "rolling_back"));
+                .find(|r| {
+                    matches!(
+                        r.state.as_str(),
+                        "pending_approval" | "in_progress" | "paused" | "rolling_back"
+                    )
+                });
             for record in rollouts::rollbacks(pool, environment.id, 5).await? {
                 rollbacks.push((app.name.clone(), spec.name.clone(), record));
             }
@@ -224,7 +236,7 @@ async fn overview(session: Session, State(state): State<AppState>) -> Result<Htm
             quarantined,
         });
     }
-    rollbacks.sort_by(|a, b| b.2.requested_at.cmp(&a.2.requested_at));
+    rollbacks.sort_by_key(|entry| std::cmp::Reverse(entry.2.requested_at));
     rollbacks.truncate(10);
     let recent = rollouts::recent(pool, None, None, 25).await?;
     let ids: Vec<Uuid> = recent.iter().map(|r| r.id).collect();
@@ -236,7 +248,10 @@ async fn overview(session: Session, State(state): State<AppState>) -> Result<Htm
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let live = recent.iter().any(|r| {
-        matches!(r.state.as_str(), "queued" | "pending_approval" | "in_progress" | "rolling_back")
+        matches!(
+            r.state.as_str(),
+            "queued" | "pending_approval" | "in_progress" | "rolling_back"
+        )
     });
     let rollouts = recent
         .into_iter()
@@ -272,7 +287,9 @@ async fn rollout_page(
     Path(id): Path<String>,
     _headers: HeaderMap,
 ) -> Result<Html<String>, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))?;
     let rollout = rollouts::detail(&state.pool, id).await?;
     let live = !rollout.finished;
     render(&RolloutPage {

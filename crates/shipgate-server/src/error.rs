@@ -72,9 +72,13 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content"),
+            ApiError::Unprocessable { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
+            }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         };
@@ -120,7 +124,9 @@ impl From<StoreError> for ApiError {
                 detail: message,
                 errors: Vec::new(),
             },
-            StoreError::Fenced => ApiError::Conflict("the rollout changed meanwhile; try again".into()),
+            StoreError::Fenced => {
+                ApiError::Conflict("the rollout changed meanwhile; try again".into())
+            }
             StoreError::Database(sqlx::Error::PoolTimedOut) => {
                 ApiError::Unavailable("the database is not answering".into())
             }

@@ -44,10 +44,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
-        } else if field == "." {
-            ApiError::field("", inner.to_string())
         } else {
-            ApiError::field(field, inner.to_string())
+            let message = inner.to_string();
+            // serde names a missing field only in its message; put it in the path too.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name.to_owned());
+            let field = match (field.as_str(), missing) {
+                (".", Some(name)) => name,
+                (".", None) => String::new(),
+                (path, Some(name)) => format!("{path}.{name}"),
+                (path, None) => path.to_owned(),
+            };
+            ApiError::field(field, message)
         }
     })
 }
@@ -59,7 +69,10 @@ pub struct Admin(pub Actor);
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -67,7 +80,9 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match presented {
-            Some(token) if token_matches(token, &state.admin_token) => Ok(Admin(Actor::token("admin"))),
+            Some(token) if token_matches(token, &state.admin_token) => {
+                Ok(Admin(Actor::token("admin")))
+            }
             _ => Err(ApiError::Unauthorized),
         }
     }

@@ -44,7 +44,12 @@ pub struct AppState {
 
 impl AppState {
     /// A state over `pool`. Call [`AppState::forward_updates`] to feed `updates`.
-    pub fn new(pool: PgPool, secrets: SecretBox, admin_token: &str, metrics: Option<PrometheusHandle>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        secrets: SecretBox,
+        admin_token: &str,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
         let (updates, _) = broadcast::channel(1024);
         AppState {
             pool,

@@ -42,7 +42,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text: rollouts by state (read from the database, so it is the same on every
 /// replica), plus this process's counters and histograms.
-async fn metrics(_admin: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn metrics(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select s.state::text, count(r.id) from unnest(enum_range(null::rollout_state)) s(state)
            left join rollouts r on r.state = s.state group by s.state order by s.state",
@@ -60,7 +63,9 @@ async fn metrics(_admin: Admin, State(state): State<AppState>) -> Result<impl In
         "# HELP shipgate_rollouts Rollouts by state.\n# TYPE shipgate_rollouts gauge\n",
     );
     for (rollout_state, count) in rows {
-        text.push_str(&format!("shipgate_rollouts{{state=\"{rollout_state}\"}} {count}\n"));
+        text.push_str(&format!(
+            "shipgate_rollouts{{state=\"{rollout_state}\"}} {count}\n"
+        ));
     }
     text.push_str("# HELP shipgate_rollbacks Rollbacks by trigger and outcome.\n# TYPE shipgate_rollbacks gauge\n");
     for (trigger, outcome, count) in rollbacks {

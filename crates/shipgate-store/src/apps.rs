@@ -97,7 +97,9 @@ pub async fn apply(
                 .fetch_one(&mut *tx)
                 .await?;
         let same = match &current {
-            Some(sealed) => secrets.open(secrets.key_id(), sealed).ok().as_deref() == Some(secret.expose()),
+            Some(sealed) => {
+                secrets.open(secrets.key_id(), sealed).ok().as_deref() == Some(secret.expose())
+            }
             None => false,
         };
         if !same {
@@ -118,7 +120,11 @@ pub async fn apply(
                 ..Scope::default()
             },
             actor,
-            if outcome.created { "app.created" } else { "app.updated" },
+            if outcome.created {
+                "app.created"
+            } else {
+                "app.updated"
+            },
             json!({ "changes": outcome.changes }),
         )
         .await?;
@@ -148,8 +154,11 @@ fn describe_changes(old: &AppSpec, new: &AppSpec, changes: &mut Vec<String>) {
             changes.push(format!("component {component} retired"));
         }
     }
-    let old_envs: BTreeMap<&str, &EnvironmentSpec> =
-        old.environments.iter().map(|e| (e.name.as_str(), e)).collect();
+    let old_envs: BTreeMap<&str, &EnvironmentSpec> = old
+        .environments
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
     for (position, environment) in new.environments.iter().enumerate() {
         match old_envs.get(environment.name.as_str()) {
             None => changes.push(format!("environment {} added", environment.name)),
@@ -337,11 +346,12 @@ pub struct App {
 
 /// Reads one app by name.
 pub async fn get(pool: &PgPool, name: &str) -> Result<App, StoreError> {
-    let row = sqlx::query("select id, name, config, created_at, updated_at from apps where name = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("app `{name}`")))?;
+    let row =
+        sqlx::query("select id, name, config, created_at, updated_at from apps where name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("app `{name}`")))?;
     Ok(App {
         id: row.get("id"),
         name: row.get("name"),
@@ -353,9 +363,10 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<App, StoreError> {
 
 /// Lists apps by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<App>, StoreError> {
-    let rows = sqlx::query("select id, name, config, created_at, updated_at from apps order by name")
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("select id, name, config, created_at, updated_at from apps order by name")
+            .fetch_all(pool)
+            .await?;
     rows.into_iter()
         .map(|row| {
             Ok(App {
@@ -460,11 +471,12 @@ pub async fn credential(
     app_id: Uuid,
     name: &str,
 ) -> Result<String, StoreError> {
-    let row = sqlx::query("select key_id, ciphertext from credentials where app_id = $1 and name = $2")
-        .bind(app_id)
-        .bind(name)
-        .fetch_optional(executor)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("credential `{name}`")))?;
+    let row =
+        sqlx::query("select key_id, ciphertext from credentials where app_id = $1 and name = $2")
+            .bind(app_id)
+            .bind(name)
+            .fetch_optional(executor)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("credential `{name}`")))?;
     secrets.open(row.get("key_id"), &row.get::<Vec<u8>, _>("ciphertext"))
 }

@@ -96,6 +96,17 @@ pub async fn release_lease(
     Ok(())
 }
 
+/// Whether `owner` still holds the lease on a rollout.
+pub async fn holds_lease(pool: &PgPool, id: Uuid, owner: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select exists(select 1 from rollouts where id = $1 and lease_owner = $2 and lease_until > now())",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Counts a tick that ended in an error; returns the count so far.
 pub async fn count_failed_tick(pool: &PgPool, id: Uuid) -> Result<i32, StoreError> {
     Ok(sqlx::query_scalar(
@@ -171,8 +182,14 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
     let plan: Plan = serde_json::from_value(row.get("plan"))?;
     let targets: BTreeMap<String, TargetSpec> = serde_json::from_value(row.get("targets"))?;
-    let state: RolloutState = row.get::<String, _>("state").parse().map_err(StoreError::Corrupt)?;
-    let kind: RolloutKind = row.get::<String, _>("kind").parse().map_err(StoreError::Corrupt)?;
+    let state: RolloutState = row
+        .get::<String, _>("state")
+        .parse()
+        .map_err(StoreError::Corrupt)?;
+    let kind: RolloutKind = row
+        .get::<String, _>("kind")
+        .parse()
+        .map_err(StoreError::Corrupt)?;
     let release = releases::by_id(pool, row.get("release_id")).await?;
     let created_at: DateTime<Utc> = row.get("created_at");
 
@@ -193,9 +210,12 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let current = phase_rows
-        .iter()
-        .position(|p| !matches!(p.get::<String, _>("state").as_str(), "succeeded" | "skipped"));
+    let current = phase_rows.iter().position(|p| {
+        !matches!(
+            p.get::<String, _>("state").as_str(),
+            "succeeded" | "skipped"
+        )
+    });
     let current_phase_id: Option<Uuid> = current.map(|i| phase_rows[i].get("id"));
     let check_rows = match current_phase_id {
         Some(phase_id) => {
@@ -229,7 +249,10 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
             .get(index)
             .ok_or_else(|| StoreError::Corrupt("phase rows do not match the plan".into()))?;
         let mut step_views = vec![None; spec.steps.len()];
-        for step_row in step_rows.iter().filter(|s| s.get::<Uuid, _>("phase_id") == phase_id) {
+        for step_row in step_rows
+            .iter()
+            .filter(|s| s.get::<Uuid, _>("phase_id") == phase_id)
+        {
             let step_index = step_row.get::<i32, _>("step_index") as usize;
             if step_index >= step_views.len() {
                 continue;
@@ -261,7 +284,9 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
         if Some(phase_id) == current_phase_id {
             for check in &check_rows {
                 let gate_index = check.get::<i32, _>("gate_index") as usize;
-                let Some(gate) = gates.get_mut(gate_index) else { continue };
+                let Some(gate) = gates.get_mut(gate_index) else {
+                    continue;
+                };
                 let detail: Value = check.get("detail");
                 gate.checks.push(CheckView {
                     verdict: check
@@ -283,7 +308,9 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
             .filter(|a| a.get::<Option<Uuid>, _>("phase_id") == Some(phase_id))
         {
             let gate_index = approval.get::<Option<i32>, _>("gate_index").unwrap_or(0) as usize;
-            let Some(gate) = gates.get_mut(gate_index) else { continue };
+            let Some(gate) = gates.get_mut(gate_index) else {
+                continue;
+            };
             if approval.get::<String, _>("decision") == "approve" {
                 gate.approvals += 1;
             } else {
@@ -479,13 +506,17 @@ impl<'a> Fenced<'a> {
         match self.set_state(next, None).await {
             Ok(()) => {}
             Err(StoreError::Database(error))
-                if StoreError::is_unique_violation(&error, "rollouts_one_active_per_environment") =>
+                if StoreError::is_unique_violation(
+                    &error,
+                    "rollouts_one_active_per_environment",
+                ) =>
             {
                 return Ok(false);
             }
             Err(other) => return Err(other),
         }
-        self.event("rollout.activated", json!({ "state": next })).await?;
+        self.event("rollout.activated", json!({ "state": next }))
+            .await?;
         self.commit().await?;
         Ok(true)
     }
@@ -637,7 +668,11 @@ impl<'a> Fenced<'a> {
             }
         }
         self.event(
-            if state == StepState::Succeeded { "step.succeeded" } else { "step.failed" },
+            if state == StepState::Succeeded {
+                "step.succeeded"
+            } else {
+                "step.failed"
+            },
             json!({ "phase": phase, "step": spec.describe(), "error": error }),
         )
         .await?;
@@ -696,7 +731,8 @@ impl<'a> Fenced<'a> {
     /// A phase's steps are done: its gates start counting.
     pub async fn verify(mut self, index: usize) -> Result<(), StoreError> {
         self.set_phase(index, PhaseState::Verifying, None).await?;
-        self.event("phase.verifying", json!({ "index": index })).await?;
+        self.event("phase.verifying", json!({ "index": index }))
+            .await?;
         self.commit().await
     }
 
@@ -738,15 +774,19 @@ impl<'a> Fenced<'a> {
     /// The rollout pauses for a person.
     pub async fn pause(mut self, reason: &str) -> Result<(), StoreError> {
         self.set_state(RolloutState::Paused, Some(reason)).await?;
-        self.event("rollout.paused", json!({ "reason": reason })).await?;
+        self.event("rollout.paused", json!({ "reason": reason }))
+            .await?;
         self.commit().await
     }
 
     /// Every phase passed. A rollback that succeeds marks what it undid `rolled_back`.
     pub async fn succeed(mut self) -> Result<(), StoreError> {
         self.set_state(RolloutState::Succeeded, None).await?;
-        self.event("rollout.succeeded", json!({ "release": self.loaded.release.version }))
-            .await?;
+        self.event(
+            "rollout.succeeded",
+            json!({ "release": self.loaded.release.version }),
+        )
+        .await?;
         if self.loaded.view.kind == RolloutKind::Rollback {
             self.finish_rollback(true, None).await?;
         }
@@ -758,12 +798,14 @@ impl<'a> Fenced<'a> {
     pub async fn fail(mut self, phase: Option<usize>, reason: &str) -> Result<(), StoreError> {
         if let Some(index) = phase {
             if !self.loaded.view.phases[index].state.is_final() {
-                self.set_phase(index, PhaseState::Failed, Some(reason)).await?;
+                self.set_phase(index, PhaseState::Failed, Some(reason))
+                    .await?;
             }
         }
         finish_phases(&mut self.tx, self.loaded.id).await?;
         self.set_state(RolloutState::Failed, Some(reason)).await?;
-        self.event("rollout.failed", json!({ "reason": reason })).await?;
+        self.event("rollout.failed", json!({ "reason": reason }))
+            .await?;
         if self.loaded.view.kind == RolloutKind::Rollback {
             self.finish_rollback(false, Some(reason)).await?;
         }
@@ -771,7 +813,11 @@ impl<'a> Fenced<'a> {
         self.commit().await
     }
 
-    async fn finish_rollback(&mut self, restored: bool, reason: Option<&str>) -> Result<(), StoreError> {
+    async fn finish_rollback(
+        &mut self,
+        restored: bool,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "update rollbacks set outcome = $2, restored_at = case when $2 = 'restored' then now() end
               where rollout_id = $1",
@@ -781,7 +827,11 @@ impl<'a> Fenced<'a> {
         .execute(&mut *self.tx)
         .await?;
         if let Some(undone) = self.loaded.rollback_of {
-            let state = if restored { "rolled_back" } else { "rollback_failed" };
+            let state = if restored {
+                "rolled_back"
+            } else {
+                "rollback_failed"
+            };
             let reason = match reason {
                 Some(reason) => format!("the rollback failed: {reason}"),
                 None => format!("rolled back to {}", self.loaded.release.version),
@@ -811,7 +861,11 @@ impl<'a> Fenced<'a> {
             notify(&mut self.tx, undone).await?;
         }
         self.event(
-            if restored { "rollback.restored" } else { "rollback.failed" },
+            if restored {
+                "rollback.restored"
+            } else {
+                "rollback.failed"
+            },
             json!({ "to_release": self.loaded.release.version }),
         )
         .await
@@ -825,14 +879,12 @@ impl<'a> Fenced<'a> {
         detected_at: DateTime<Utc>,
     ) -> Result<Uuid, StoreError> {
         if !self.loaded.view.phases[phase].state.is_final() {
-            self.set_phase(phase, PhaseState::Failed, Some(reason)).await?;
+            self.set_phase(phase, PhaseState::Failed, Some(reason))
+                .await?;
         }
-        let environment = crate::apps::environment(
-            &mut *self.tx,
-            &self.loaded.app,
-            &self.loaded.environment,
-        )
-        .await?;
+        let environment =
+            crate::apps::environment(&mut *self.tx, &self.loaded.app, &self.loaded.environment)
+                .await?;
         let actor = self.actor.clone();
         let rollback_id = rollouts::rollback_in(
             &mut self.tx,

@@ -126,7 +126,11 @@ pub async fn list(
     executor: impl PgExecutor<'_>,
     filter: &EventFilter,
 ) -> Result<Vec<Event>, StoreError> {
-    let order = if filter.after.is_some() { "asc" } else { "desc" };
+    let order = if filter.after.is_some() {
+        "asc"
+    } else {
+        "desc"
+    };
     let sql = format!(
         "select e.id, e.at, a.name as app, en.name as environment, e.rollout_id, e.actor_kind,
                 e.actor, e.action, e.details

@@ -80,7 +80,8 @@ impl Release {
     }
 }
 
-const COLUMNS: &str = "id, version, git_sha, git_ref, artifacts, config, notes, forward_only, created_by,
+const COLUMNS: &str =
+    "id, version, git_sha, git_ref, artifacts, config, notes, forward_only, created_by,
                        source, committed_at, quarantined_at, quarantine_reason, created_at";
 
 /// Whether `create` made the release or found the same one.
@@ -113,16 +114,25 @@ pub fn check(release: &NewRelease, components: &[String]) -> Result<(), (String,
         ));
     }
     if version.chars().any(|c| c.is_control() || c == '/') {
-        return Err(("version".into(), "must not contain `/` or control characters".into()));
+        return Err((
+            "version".into(),
+            "must not contain `/` or control characters".into(),
+        ));
     }
     if release.artifacts.is_empty() {
-        return Err(("artifacts".into(), "give at least one component's artifact".into()));
+        return Err((
+            "artifacts".into(),
+            "give at least one component's artifact".into(),
+        ));
     }
     for (component, artifact) in &release.artifacts {
         if !components.contains(component) {
             return Err((
                 format!("artifacts.{component}"),
-                format!("`{component}` is not a component of this app; known: {}", components.join(", ")),
+                format!(
+                    "`{component}` is not a component of this app; known: {}",
+                    components.join(", ")
+                ),
             ));
         }
         let empty = match artifact {
@@ -201,7 +211,10 @@ pub async fn create(
             release.version
         )));
     }
-    Ok((by_version(pool, app_id, &release.version).await?, Created::Existing))
+    Ok((
+        by_version(pool, app_id, &release.version).await?,
+        Created::Existing,
+    ))
 }
 
 /// Reads a release by version.

@@ -316,7 +316,9 @@ pub async fn rollback_in(
             }
             let undone = match in_flight {
                 Some(id) => Some(id),
-                None => latest_succeeded(&mut *tx, environment.id).await?.map(|(id, _)| id),
+                None => latest_succeeded(&mut *tx, environment.id)
+                    .await?
+                    .map(|(id, _)| id),
             };
             (undone, release.id)
         }
@@ -325,7 +327,8 @@ pub async fn rollback_in(
                 .await?
                 .ok_or_else(|| {
                     StoreError::Refused(
-                        "there is nothing to roll back: this environment has no successful rollout".into(),
+                        "there is nothing to roll back: this environment has no successful rollout"
+                            .into(),
                     )
                 })?;
             let target: Option<Uuid> = sqlx::query_scalar(
@@ -339,9 +342,7 @@ pub async fn rollback_in(
             .fetch_optional(&mut *tx)
             .await?;
             let target = target.ok_or_else(|| {
-                StoreError::Refused(
-                    "there is no earlier known-good release to roll back to".into(),
-                )
+                StoreError::Refused("there is no earlier known-good release to roll back to".into())
             })?;
             (Some(latest), target)
         }
@@ -441,8 +442,12 @@ pub async fn rollback_in(
     .execute(&mut *tx)
     .await?;
     if let Some(bad) = from_release.filter(|bad| *bad != target) {
-        releases::set_quarantine(&mut *tx, bad, Some(&format!("rolled back: {}", request.reason)))
-            .await?;
+        releases::set_quarantine(
+            &mut *tx,
+            bad,
+            Some(&format!("rolled back: {}", request.reason)),
+        )
+        .await?;
     }
     sqlx::query(
         "update environments set auto_deploy_paused_at = now(), auto_deploy_paused_reason = $2 where id = $1",
@@ -710,10 +715,12 @@ pub async fn act(
             wake_queue(&mut tx, locked.environment_id).await?;
         }
     } else {
-        sqlx::query("update rollouts set next_wake_at = now(), version = version + 1 where id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "update rollouts set next_wake_at = now(), version = version + 1 where id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     }
     events::record(
         &mut *tx,
@@ -749,7 +756,7 @@ pub async fn finish_phases(tx: &mut PgConnection, rollout_id: Uuid) -> Result<()
 /// Wakes the oldest queued rollout of an environment (the one that may now take it).
 pub async fn wake_queue(tx: &mut PgConnection, environment_id: Uuid) -> Result<(), StoreError> {
     let next: Option<Uuid> = sqlx::query_scalar(
-        "update rollouts set next_wake_at = now()
+        "update rollouts set next_wake_at = now(), version = version + 1
           where id = (select id from rollouts where environment_id = $1 and state = 'queued'
                        order by created_at, id limit 1)
          returning id",
@@ -792,11 +799,10 @@ pub async fn decide_approval(
                 .position(|gate| matches!(gate, shipgate_domain::plan::GateSpec::Approval { .. }));
             match (gate, row.get::<String, _>("state").as_str()) {
                 (Some(gate), "verifying") => (Some(phase_id), Some(gate as i32)),
-                _ => {
-                    return Err(StoreError::Refused(
-                        "nothing is waiting for approval: the current phase has no approval gate open".into(),
-                    ))
-                }
+                _ => return Err(StoreError::Refused(
+                    "nothing is waiting for approval: the current phase has no approval gate open"
+                        .into(),
+                )),
             }
         }
         state => return Err(refuse(if approve { "approve" } else { "reject" }, state)),
@@ -836,7 +842,9 @@ pub async fn decide_approval(
             error.into()
         }
     })?;
-    sqlx::query("update rollouts set next_wake_at = now() where id = $1")
+    // Bumping the version makes a worker that holds the rollout right now look again instead of
+    // going back to sleep until the approval would have expired.
+    sqlx::query("update rollouts set next_wake_at = now(), version = version + 1 where id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -848,7 +856,11 @@ pub async fn decide_approval(
             rollout_id: Some(id),
         },
         actor,
-        if approve { "rollout.approved" } else { "rollout.rejected" },
+        if approve {
+            "rollout.approved"
+        } else {
+            "rollout.rejected"
+        },
         json!({ "comment": comment, "phase": gate_index.map(|_| phase_id), "kind": locked.kind }),
     )
     .await?;
@@ -1096,7 +1108,11 @@ pub async fn detail(pool: &PgPool, id: Uuid) -> Result<RolloutDetail, StoreError
         trigger: row.get("trigger"),
         rollback_of: row.get("rollback_of"),
         rolled_back_by: row.get("rolled_back_by"),
-        current_phase: if parsed.is_terminal() { None } else { current_phase },
+        current_phase: if parsed.is_terminal() {
+            None
+        } else {
+            current_phase
+        },
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),

@@ -71,12 +71,18 @@ impl std::fmt::Debug for ServerConfig {
         let redacted = |value: &Option<String>| value.as_ref().map(|_| "***");
         formatter
             .debug_struct("ServerConfig")
-            .field("database_url", &self.database_url.as_ref().map(|url| redact_url(url)))
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|url| redact_url(url)),
+            )
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("admin_token", &redacted(&self.admin_token))
             .field("master_key", &redacted(&self.master_key))
-            .field("previous_master_keys", &redacted(&self.previous_master_keys))
+            .field(
+                "previous_master_keys",
+                &redacted(&self.previous_master_keys),
+            )
             .field("replica", &self.replica)
             .field("workers", &self.workers)
             .finish_non_exhaustive()
@@ -118,6 +124,9 @@ mod tests {
             redact_url("postgres://shipgate:hunter2@db:5432/shipgate"),
             "postgres://shipgate:***@db:5432/shipgate"
         );
-        assert_eq!(redact_url("postgres://db/shipgate"), "postgres://db/shipgate");
+        assert_eq!(
+            redact_url("postgres://db/shipgate"),
+            "postgres://db/shipgate"
+        );
     }
 }

@@ -40,14 +40,17 @@ async fn try_local(user: &str, port: u16) -> Option<String> {
         .await
         .ok()?
         .ok()?;
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-        .bind(DATABASE)
-        .fetch_one(&mut connection)
-        .await
-        .ok()?;
+    let exists: bool =
+        sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+            .bind(DATABASE)
+            .fetch_one(&mut connection)
+            .await
+            .ok()?;
     if !exists {
         // Identifiers cannot be bound; DATABASE is a constant.
-        let created = sqlx::query(&format!("create database {DATABASE}")).execute(&mut connection).await;
+        let created = sqlx::query(&format!("create database {DATABASE}"))
+            .execute(&mut connection)
+            .await;
         if let Err(error) = created {
             // Another replica may have created it meanwhile.
             if !error.to_string().contains("already exists") {
@@ -100,7 +103,11 @@ fn run_pg(binary: &Path, args: &[&str], as_postgres: bool) -> Result<()> {
     }
     .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
-        bail!("{} {} failed with {status}", binary.display(), args.join(" "));
+        bail!(
+            "{} {} failed with {status}",
+            binary.display(),
+            args.join(" ")
+        );
     }
     Ok(())
 }
@@ -120,15 +127,42 @@ async fn start_private_cluster(data_dir: &Path) -> Result<String> {
     if !cluster.join("PG_VERSION").exists() {
         std::fs::create_dir_all(&cluster)?;
         if as_postgres {
-            Command::new("chown").args(["-R", "postgres:postgres", &cluster_text]).status()?;
+            Command::new("chown")
+                .args(["-R", "postgres:postgres", &cluster_text])
+                .status()?;
         }
         info!(path = %cluster.display(), "initialising a private PostgreSQL cluster");
-        run_pg(&initdb, &["-D", &cluster_text, "-A", "trust", "-U", "postgres", "--no-sync"], as_postgres)?;
+        run_pg(
+            &initdb,
+            &[
+                "-D",
+                &cluster_text,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            as_postgres,
+        )?;
     }
     let options = format!("-p {PRIVATE_PORT} -c listen_addresses=127.0.0.1 -k /tmp");
     let log = cluster.join("server.log").to_string_lossy().to_string();
     if try_local("postgres", PRIVATE_PORT).await.is_none() {
-        run_pg(&pg_ctl, &["-D", &cluster_text, "-o", &options, "-l", &log, "-w", "start"], as_postgres)?;
+        run_pg(
+            &pg_ctl,
+            &[
+                "-D",
+                &cluster_text,
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+            as_postgres,
+        )?;
     }
     info!(path = %cluster.display(), port = PRIVATE_PORT, "started a private PostgreSQL cluster (stop it with pg_ctl -D <path> stop)");
     try_local("postgres", PRIVATE_PORT)

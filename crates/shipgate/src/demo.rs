@@ -23,7 +23,11 @@ const DEMO_CONFIG: &str = include_str!("../../../examples/demo.yaml");
 const APP: &str = "demo-shop";
 
 /// Applies the demo app and starts the release loop in the background.
-pub async fn start(pool: PgPool, secrets: SecretBox, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn start(
+    pool: PgPool,
+    secrets: SecretBox,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let document = shipgate_domain::config::load(DEMO_CONFIG, &|_| None)?;
     let actor = Actor::system("demo");
     let outcome = apps::apply(&pool, &document, &secrets, &actor).await?;
@@ -71,7 +75,12 @@ async fn release_loop(pool: &PgPool, actor: &Actor) -> Result<()> {
         n += 1;
         let artifacts: BTreeMap<String, serde_json::Value> = ["web", "api", "worker"]
             .iter()
-            .map(|c| (c.to_string(), json!(format!("registry.example/demo-shop/{c}:{version}"))))
+            .map(|c| {
+                (
+                    c.to_string(),
+                    json!(format!("registry.example/demo-shop/{c}:{version}")),
+                )
+            })
             .collect();
         let release = NewRelease {
             version: version.clone(),
@@ -82,11 +91,20 @@ async fn release_loop(pool: &PgPool, actor: &Actor) -> Result<()> {
             ..NewRelease::default()
         };
         let (release, _) = releases::create(pool, app.id, &release, actor, "demo").await?;
-        for (environment, kind) in [("staging", RolloutKind::Deploy), ("production", RolloutKind::Promote)] {
+        for (environment, kind) in [
+            ("staging", RolloutKind::Deploy),
+            ("production", RolloutKind::Promote),
+        ] {
             let environment = apps::environment(pool, APP, environment).await?;
             let id = rollouts::start(
                 pool,
-                NewRollout { environment: &environment, release: &release, kind, actor, trigger: "demo" },
+                NewRollout {
+                    environment: &environment,
+                    release: &release,
+                    kind,
+                    actor,
+                    trigger: "demo",
+                },
             )
             .await?;
             info!(release = %version, environment = %environment.name, rollout.id = %id, "demo rollout started");

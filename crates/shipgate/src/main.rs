@@ -70,7 +70,11 @@ fn main() -> std::process::ExitCode {
             Command::Serve(config) => serve(config, false).await,
             Command::Demo(config) => serve(config, true).await,
             Command::Migrate(config) => migrate(config).await,
-            Command::Apply { file, dry_run, client } => apply(&file, dry_run, &client).await,
+            Command::Apply {
+                file,
+                dry_run,
+                client,
+            } => apply(&file, dry_run, &client).await,
             Command::Healthcheck { listen } => healthcheck(listen).await,
         }
     });
@@ -86,7 +90,9 @@ fn main() -> std::process::ExitCode {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -116,7 +122,9 @@ async fn connect(config: &ServerConfig) -> Result<sqlx::PgPool> {
 async fn migrate(config: ServerConfig) -> Result<()> {
     init_tracing(&config.log_format);
     let pool = connect(&config).await?;
-    shipgate_store::migrate(&pool).await.context("applying migrations")?;
+    shipgate_store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
     info!("migrations applied");
     Ok(())
 }
@@ -133,17 +141,29 @@ fn master_key(config: &ServerConfig) -> Result<SecretBox> {
         .map(|key| decode_key(key).map_err(anyhow::Error::msg))
         .collect::<Result<_>>()
         .context("SHIPGATE_PREVIOUS_MASTER_KEYS")?;
-    if let Some(key) = config.master_key.as_deref().filter(|key| !key.trim().is_empty()) {
-        let key = decode_key(key).map_err(anyhow::Error::msg).context("SHIPGATE_MASTER_KEY")?;
+    if let Some(key) = config
+        .master_key
+        .as_deref()
+        .filter(|key| !key.trim().is_empty())
+    {
+        let key = decode_key(key)
+            .map_err(anyhow::Error::msg)
+            .context("SHIPGATE_MASTER_KEY")?;
         return Ok(SecretBox::new(key, &previous));
     }
     let path = config.data_dir.join("master.key");
     let key = if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        decode_key(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", path.display()))?
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        decode_key(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", path.display()))?
     } else {
         let key: [u8; 32] = rand::random();
-        write_private(&path, &base64::engine::general_purpose::STANDARD.encode(key))?;
+        write_private(
+            &path,
+            &base64::engine::general_purpose::STANDARD.encode(key),
+        )?;
         warn!(path = %path.display(), "SHIPGATE_MASTER_KEY is unset: generated a master key and kept it there; back it up, or set SHIPGATE_MASTER_KEY");
         key
     };
@@ -170,7 +190,11 @@ fn replica_name(config: &ServerConfig) -> String {
     config.replica.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let host = host.trim();
-        format!("{}-{}", if host.is_empty() { "shipgate" } else { host }, std::process::id())
+        format!(
+            "{}-{}",
+            if host.is_empty() { "shipgate" } else { host },
+            std::process::id()
+        )
     })
 }
 
@@ -192,16 +216,22 @@ async fn shutdown_signal() {
 async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
     init_tracing(&config.log_format);
     let admin_token = match config.admin_token.clone().filter(|t| !t.is_empty()) {
-        Some(token) if token.len() < 16 => bail!("SHIPGATE_ADMIN_TOKEN must be at least 16 characters"),
+        Some(token) if token.len() < 16 => {
+            bail!("SHIPGATE_ADMIN_TOKEN must be at least 16 characters")
+        }
         Some(token) => token,
         None if demo => {
             let bytes: [u8; 24] = rand::random();
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         }
-        None => bail!("set SHIPGATE_ADMIN_TOKEN (at least 16 characters): it guards the API and dashboard"),
+        None => bail!(
+            "set SHIPGATE_ADMIN_TOKEN (at least 16 characters): it guards the API and dashboard"
+        ),
     };
     let pool = connect(&config).await?;
-    shipgate_store::migrate(&pool).await.context("applying migrations")?;
+    shipgate_store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
     let secrets = master_key(&config)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -241,30 +271,50 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
     if demo {
         println!("demo admin token: {admin_token}");
         println!("open http://{address}/ and sign in with that token");
-        demo::start(pool.clone(), secrets.clone(), wait_for_stop(stopped.clone())).await?;
+        demo::start(
+            pool.clone(),
+            secrets.clone(),
+            wait_for_stop(stopped.clone()),
+        )
+        .await?;
     }
-    let server = axum::serve(listener, shipgate_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            info!("shutting down");
-            let _ = stop.send(true);
-        });
+    let server = axum::serve(
+        listener,
+        shipgate_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop.send(true);
+    });
     server.await.context("serving HTTP")?;
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
     Ok(())
 }
 
 async fn apply(file: &Path, dry_run: bool, client: &ClientConfig) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut tree = shipgate_domain::config::parse_tree(&text)?;
     shipgate_domain::config::resolve_variables(&mut tree, &|name| std::env::var(name).ok())?;
     let document = shipgate_domain::config::validate(tree.clone())?;
     if dry_run {
-        println!("{}: valid ({} environments)", document.spec.app, document.spec.environments.len());
+        println!(
+            "{}: valid ({} environments)",
+            document.spec.app,
+            document.spec.environments.len()
+        );
         return Ok(());
     }
-    let token = client.token.as_deref().context("set SHIPGATE_TOKEN to apply")?;
-    let url = format!("{}/api/v1/apps/{}", client.url.trim_end_matches('/'), document.spec.app);
+    let token = client
+        .token
+        .as_deref()
+        .context("set SHIPGATE_TOKEN to apply")?;
+    let url = format!(
+        "{}/api/v1/apps/{}",
+        client.url.trim_end_matches('/'),
+        document.spec.app
+    );
     let response = reqwest::Client::new()
         .put(&url)
         .bearer_auth(token)
@@ -276,7 +326,12 @@ async fn apply(file: &Path, dry_run: bool, client: &ClientConfig) -> Result<()> 
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("{status}: {}", body["detail"].as_str().unwrap_or("the server refused the config"));
+        bail!(
+            "{status}: {}",
+            body["detail"]
+                .as_str()
+                .unwrap_or("the server refused the config")
+        );
     }
     let changes = body["changes"].as_array().cloned().unwrap_or_default();
     if changes.is_empty() {
@@ -291,7 +346,11 @@ async fn apply(file: &Path, dry_run: bool, client: &ClientConfig) -> Result<()> 
 }
 
 async fn healthcheck(listen: std::net::SocketAddr) -> Result<()> {
-    let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        listen.ip().to_string()
+    };
     let url = format!("http://{host}:{}/healthz", listen.port());
     let response = reqwest::Client::new()
         .get(&url)

@@ -89,7 +89,11 @@ fn check(verdict: Verdict, at_seconds: i64) -> CheckView {
 
 #[test]
 fn a_fresh_rollout_starts_its_first_phase_then_submits_its_first_step() {
-    let mut rollout = view(plan(vec![(vec![deploy("api")], vec![], OnFailure::Rollback)]));
+    let mut rollout = view(plan(vec![(
+        vec![deploy("api")],
+        vec![],
+        OnFailure::Rollback,
+    )]));
     assert_eq!(
         decide(&rollout, at(0), Timing::default()),
         Decision::Transition(Transition::StartPhase(0))
@@ -107,7 +111,11 @@ fn a_fresh_rollout_starts_its_first_phase_then_submits_its_first_step() {
 
 #[test]
 fn a_step_with_intent_but_no_reference_is_reconciled_not_resubmitted() {
-    let mut rollout = view(plan(vec![(vec![deploy("api")], vec![], OnFailure::Rollback)]));
+    let mut rollout = view(plan(vec![(
+        vec![deploy("api")],
+        vec![],
+        OnFailure::Rollback,
+    )]));
     rollout.phases[0].state = PhaseState::Running;
     rollout.phases[0].steps[0] = Some(step(StepState::Pending, 0));
     assert_eq!(
@@ -154,7 +162,10 @@ fn a_failed_step_follows_on_failure() {
             }
             other => panic!("unexpected {other:?}"),
         };
-        assert_eq!(got, expected, "{on_failure:?} can_roll_back={can_roll_back}");
+        assert_eq!(
+            got, expected,
+            "{on_failure:?} can_roll_back={can_roll_back}"
+        );
     }
 }
 
@@ -195,7 +206,9 @@ fn health_gates_need_consecutive_successes_and_fail_on_consecutive_failures() {
         decide(&rollout, at(10), Timing::default()),
         Decision::SleepUntil(at(30))
     );
-    rollout.phases[0].gates[0].checks.push(check(Verdict::Pass, 30));
+    rollout.phases[0].gates[0]
+        .checks
+        .push(check(Verdict::Pass, 30));
     assert_eq!(
         decide(&rollout, at(30), Timing::default()),
         Decision::Transition(Transition::PhaseSucceeded(0))
@@ -210,14 +223,20 @@ fn health_gates_need_consecutive_successes_and_fail_on_consecutive_failures() {
         decide(&rollout, at(90), Timing::default()),
         Decision::Check { phase: 0, gate: 0 }
     );
-    rollout.phases[0].gates[0].checks.push(check(Verdict::Fail, 90));
+    rollout.phases[0].gates[0]
+        .checks
+        .push(check(Verdict::Fail, 90));
     match decide(&rollout, at(90), Timing::default()) {
         Decision::Transition(Transition::RollBack {
             detected_at,
             reason,
             ..
         }) => {
-            assert_eq!(detected_at, at(30), "detected at the first failure of the run");
+            assert_eq!(
+                detected_at,
+                at(30),
+                "detected at the first failure of the run"
+            );
             assert!(reason.contains("3 consecutive failures"), "{reason}");
         }
         other => panic!("expected a rollback, got {other:?}"),
@@ -311,7 +330,11 @@ fn a_rollback_rollout_that_fails_is_not_rolled_back_again() {
 
 #[test]
 fn rollout_level_approvals_start_refuse_or_expire() {
-    let mut rollout = view(plan(vec![(vec![deploy("api")], vec![], OnFailure::Rollback)]));
+    let mut rollout = view(plan(vec![(
+        vec![deploy("api")],
+        vec![],
+        OnFailure::Rollback,
+    )]));
     rollout.state = RolloutState::PendingApproval;
     rollout.approval = Some(ApprovalView {
         required: 1,
@@ -505,9 +528,7 @@ impl Model {
                     StepSpec::Wait { .. }
                 );
                 match (is_wait, self.draw() % 4) {
-                    (true, _) | (false, 0 | 1) => {
-                        self.set_step(phase, step, StepState::Succeeded)
-                    }
+                    (true, _) | (false, 0 | 1) => self.set_step(phase, step, StepState::Succeeded),
                     (false, 2) => self.set_step(phase, step, StepState::Failed),
                     _ => {}
                 }
@@ -519,12 +540,14 @@ impl Model {
                     _ => Verdict::Pass,
                 };
                 let now = self.now;
-                self.rollout.phases[phase].gates[gate].checks.push(CheckView {
-                    verdict,
-                    at: now,
-                    overridden: false,
-                    summary: verdict.to_string(),
-                });
+                self.rollout.phases[phase].gates[gate]
+                    .checks
+                    .push(CheckView {
+                        verdict,
+                        at: now,
+                        overridden: false,
+                        summary: verdict.to_string(),
+                    });
             }
             Decision::SleepUntil(when) => {
                 assert!(when > self.now, "sleeping into the past");
