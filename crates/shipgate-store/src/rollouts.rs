@@ -382,7 +382,7 @@ pub async fn rollback_in(
         let moved = sqlx::query(
             "update rollouts set state = 'rolling_back', state_reason = $2, updated_at = now(),
                     version = version + 1
-              where id = $1 and state in ('in_progress', 'paused', 'succeeded')",
+              where id = $1 and state in ('in_progress', 'paused')",
         )
         .bind(undone)
         .bind(request.reason)

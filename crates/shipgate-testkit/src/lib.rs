@@ -85,6 +85,7 @@ impl Server {
             .env("SHIPGATE_MASTER_KEY", "00".repeat(32))
             .env("SHIPGATE_STEP_POLL_INTERVAL", "200ms")
             .env("SHIPGATE_LEASE", "3s")
+            .env("SHIPGATE_DB_CONNECTIONS", "8")
             .env(
                 "RUST_LOG",
                 std::env::var("SHIPGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
