@@ -868,3 +868,40 @@ async fn the_cli_applies_every_example_resolving_variables_where_it_runs() {
     drop(server);
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn framework_rejections_are_problem_json_too() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    for (path, status) in [
+        ("/api/v1/rollouts?limit=lots", 400),
+        ("/api/v1/rollouts/not-a-uuid", 404),
+        ("/api/v1/no-such-route", 404),
+    ] {
+        let response = server.http.get(server.at(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], status, "{path}");
+    }
+    let oversized = "x".repeat(2 * 1024 * 1024);
+    let response = server
+        .http
+        .put(server.at("/api/v1/apps/shop"))
+        .header("content-type", "application/yaml")
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    drop(server);
+    db.drop_database().await.unwrap();
+}

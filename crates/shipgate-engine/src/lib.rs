@@ -368,7 +368,9 @@ impl Engine {
             Transition::Verify(index) => self.fence(loaded).await?.verify(index).await?,
             Transition::PhaseSucceeded(index) => {
                 info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase succeeded");
-                self.fence(loaded).await?.phase_succeeded(index).await?;
+                if let Some(seconds) = self.fence(loaded).await?.phase_succeeded(index).await? {
+                    metrics::histogram!("shipgate_phase_duration_seconds").record(seconds);
+                }
             }
             Transition::Pause { reason } => {
                 info!(rollout.id = %rollout, %reason, "rollout paused");

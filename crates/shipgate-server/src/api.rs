@@ -60,6 +60,9 @@ pub fn router() -> Router<AppState> {
         .route("/rollouts/{id}", get(get_rollout))
         .route("/rollouts/{id}/{action}", post(act_on_rollout))
         .route("/events", get(list_events))
+        .fallback(|| async {
+            ApiError::NotFound("no such route; see the README's API overview".into())
+        })
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {

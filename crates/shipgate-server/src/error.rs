@@ -143,3 +143,43 @@ impl From<ConfigError> for ApiError {
         }
     }
 }
+
+/// Turns the framework's own plain-text rejections (bad query strings, bad path parameters,
+/// unknown routes, wrong methods, oversized bodies) into problem+json, so every error a client
+/// of `/api/v1` sees has the same shape.
+pub async fn problem_for_plain_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut rebuilt = (
+        status,
+        axum::Json(json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail })),
+    )
+        .into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    rebuilt
+}

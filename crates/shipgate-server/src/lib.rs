@@ -83,13 +83,33 @@ impl AppState {
     }
 }
 
+/// Answers every error under `/api/` as problem+json, including the framework's own.
+async fn api_problems(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    if is_api {
+        error::problem_for_plain_errors(response).await
+    } else {
+        response
+    }
+}
+
 /// The whole application router.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
-        .nest("/api/v1", api::router())
+        .nest(
+            "/api/v1",
+            api::router().layer(axum::middleware::map_response(
+                error::problem_for_plain_errors,
+            )),
+        )
         .merge(dashboard::router())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(api_problems))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -762,13 +762,23 @@ impl<'a> Fenced<'a> {
         self.commit().await
     }
 
-    /// A phase passed.
-    pub async fn phase_succeeded(mut self, index: usize) -> Result<(), StoreError> {
+    /// A phase passed; returns how long it took, in seconds.
+    pub async fn phase_succeeded(mut self, index: usize) -> Result<Option<f64>, StoreError> {
         self.set_phase(index, PhaseState::Succeeded, None).await?;
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "select extract(epoch from finished_at - started_at)::float8 from phases where id = $1",
+        )
+        .bind(self.loaded.phase_ids[index])
+        .fetch_one(&mut *self.tx)
+        .await?;
         let name = self.loaded.plan.phases[index].name.clone();
-        self.event("phase.succeeded", json!({ "phase": name, "index": index }))
-            .await?;
-        self.commit().await
+        self.event(
+            "phase.succeeded",
+            json!({ "phase": name, "index": index, "seconds": seconds }),
+        )
+        .await?;
+        self.commit().await?;
+        Ok(seconds)
     }
 
     /// The rollout pauses for a person.
