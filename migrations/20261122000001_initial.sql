@@ -113,6 +113,8 @@ create table rollouts (
     next_wake_at    timestamptz not null default now(),
     failed_ticks    int not null default 0,
     created_at      timestamptz not null default now(),
+    -- when it left the queue (approval deadlines count from here)
+    activated_at    timestamptz,
     started_at      timestamptz,
     finished_at     timestamptz,
     updated_at      timestamptz not null default now()
@@ -192,7 +194,8 @@ create table approvals (
     decision        text not null check (decision in ('approve', 'reject')),
     comment         text,
     created_at      timestamptz not null default now(),
-    constraint approvals_once_per_actor unique (rollout_id, phase_id, gate_index, actor)
+    -- nulls not distinct: a rollout-level approval (no phase, no gate) also counts once per actor
+    constraint approvals_once_per_actor unique nulls not distinct (rollout_id, phase_id, gate_index, actor)
 );
 
 -- what runs in each environment, per component (updated when a deploy or rollback step succeeds)

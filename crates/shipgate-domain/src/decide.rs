@@ -266,7 +266,8 @@ pub fn current_phase(view: &RolloutView) -> Option<usize> {
 }
 
 /// While paused, operations already submitted are still followed to their end (so the record
-/// stays true), but nothing new starts.
+/// stays true), but nothing new starts: a step whose intent is recorded but which may never have
+/// reached the provider waits for the resume (reconciling could submit it).
 fn decide_paused(view: &RolloutView, now: DateTime<Utc>, timing: Timing) -> Decision {
     let Some(index) = current_phase(view) else {
         return Decision::Idle;
@@ -274,27 +275,18 @@ fn decide_paused(view: &RolloutView, now: DateTime<Utc>, timing: Timing) -> Deci
     let phase = &view.phases[index];
     let mut earliest: Option<DateTime<Utc>> = None;
     for (step_index, step) in phase.steps.iter().enumerate() {
-        let Some(step) = step else { continue };
-        match step.state {
-            StepState::Pending => {
-                return Decision::Reconcile {
-                    phase: index,
-                    step: step_index,
-                }
-            }
-            StepState::Submitted => {
-                let spec = &view.plan.phases[index].steps[step_index];
-                let due = poll_due(spec, step, timing);
-                if due <= now {
-                    return Decision::Poll {
-                        phase: index,
-                        step: step_index,
-                    };
-                }
-                earliest = Some(earliest.map_or(due, |e| e.min(due)));
-            }
-            _ => {}
+        let Some(step) = step.as_ref().filter(|s| s.state == StepState::Submitted) else {
+            continue;
+        };
+        let spec = &view.plan.phases[index].steps[step_index];
+        let due = poll_due(spec, step, timing);
+        if due <= now {
+            return Decision::Poll {
+                phase: index,
+                step: step_index,
+            };
         }
+        earliest = Some(earliest.map_or(due, |e| e.min(due)));
     }
     earliest.map_or(Decision::Idle, Decision::SleepUntil)
 }
@@ -328,14 +320,8 @@ fn decide_running(view: &RolloutView, now: DateTime<Utc>, timing: Timing) -> Dec
                 match step.state {
                     StepState::Succeeded => continue,
                     StepState::Pending => {
-                        // A provider that stays unreachable fails the step at the same deadline
-                        // as one that never finishes.
-                        if now >= step.created_at + timing.step_timeout.to_chrono() {
-                            return Decision::Transition(Transition::StepTimedOut {
-                                phase: index,
-                                step: step_index,
-                            });
-                        }
+                        // Even past its deadline the provider is asked first: the operation may
+                        // exist, and failing it blind could deploy twice on a retry.
                         return Decision::Reconcile {
                             phase: index,
                             step: step_index,

@@ -130,6 +130,11 @@ impl Engine {
                 {
                     Ok(ids) => {
                         for id in ids {
+                            // A late heartbeat let our own lease lapse and we claimed it again:
+                            // the drive already running keeps it (the claim renewed the lease).
+                            if self.held.lock().expect("lock").contains(&id) {
+                                continue;
+                            }
                             let permit = Arc::clone(&permits)
                                 .acquire_owned()
                                 .await
@@ -155,8 +160,13 @@ impl Engine {
             }
         }
         listener.abort();
+        // Let drives in a provider call finish (their leases are still renewed), then give back
+        // what we hold so another replica continues at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while permits.available_permits() < self.config.concurrency && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         heartbeat.abort();
-        // Give back what we hold so another replica continues at once.
         let held: Vec<Uuid> = self.held.lock().expect("lock").iter().copied().collect();
         for id in held {
             let _ = sqlx::query("update rollouts set lease_owner = null, lease_until = null where id = $1 and lease_owner = $2")
@@ -650,6 +660,31 @@ impl Engine {
         } else {
             Ok(None)
         };
+        if reconciling && matches!(found, Ok(None)) {
+            let created = loaded.view.phases[phase].steps[step]
+                .as_ref()
+                .map(|s| s.created_at);
+            let expired = created.is_some_and(|created| {
+                Utc::now() >= created + self.config.timing.step_timeout.to_chrono()
+            });
+            if expired {
+                let message = format!(
+                    "the provider never accepted the operation within {}",
+                    self.config.timing.step_timeout
+                );
+                self.fence(loaded)
+                    .await?
+                    .step_finished(phase, step, step_id, Err(message))
+                    .await?;
+                return Ok(());
+            }
+        }
+        // The last moment to find out we lost the rollout before calling the provider.
+        if matches!(found, Ok(None))
+            && !store::holds_lease(&self.pool, loaded.id, &self.config.replica).await?
+        {
+            return Err(StoreError::Fenced.into());
+        }
         let result: Result<Submitted, ProviderError> = match found {
             Ok(Some(found)) => {
                 info!(rollout.id = %loaded.id, reference = %found.reference, "the provider already has this operation; adopting it");

@@ -172,7 +172,8 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     let row = sqlx::query(
         "select r.id, r.app_id, a.name as app, r.environment_id, e.name as environment, r.version,
                 r.release_id, r.previous_release_id, r.kind::text as kind, r.state::text as state,
-                r.plan, r.targets, r.rollback_of, r.created_at, r.created_by, e.policy
+                r.plan, r.targets, r.rollback_of, r.created_at, r.created_by, e.policy,
+                coalesce(r.activated_at, r.created_at) as activated_at
            from rollouts r join apps a on a.id = r.app_id join environments e on e.id = r.environment_id
           where r.id = $1",
     )
@@ -221,9 +222,10 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
         Some(phase_id) => {
             sqlx::query(
                 "select gate_index, verdict, checked_at, detail from (
-                    select gate_index, verdict, checked_at, detail, id from gate_checks
-                     where phase_id = $1 order by id desc limit 500) recent
-                  order by id",
+                    select gate_index, verdict, checked_at, detail, id,
+                           row_number() over (partition by gate_index order by id desc) as n
+                      from gate_checks where phase_id = $1) recent
+                  where n <= 2000 order by id",
             )
             .bind(phase_id)
             .fetch_all(pool)
@@ -232,7 +234,7 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
         None => Vec::new(),
     };
     let approval_rows = sqlx::query(
-        "select phase_id, gate_index, decision, comment from approvals where rollout_id = $1",
+        "select phase_id, gate_index, decision, comment, actor from approvals where rollout_id = $1",
     )
     .bind(id)
     .fetch_all(pool)
@@ -345,7 +347,9 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
                 approvals: rollout_level
                     .iter()
                     .filter(|a| a.get::<String, _>("decision") == "approve")
-                    .count() as u32,
+                    .map(|a| a.get::<String, _>("actor"))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len() as u32,
                 rejection: rollout_level
                     .iter()
                     .find(|a| a.get::<String, _>("decision") == "reject")
@@ -353,7 +357,8 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
                         a.get::<Option<String>, _>("comment")
                             .unwrap_or_else(|| "no comment".into())
                     }),
-                expires_at: created_at + approvals.timeout.to_chrono(),
+                expires_at: row.get::<DateTime<Utc>, _>("activated_at")
+                    + approvals.timeout.to_chrono(),
             })
         }
         _ => None,
@@ -498,6 +503,38 @@ impl<'a> Fenced<'a> {
     /// `queued` → the environment's first state, if the environment is free. Returns false when
     /// another rollout still holds it.
     pub async fn activate(mut self, needs_approval: bool) -> Result<bool, StoreError> {
+        if let Some(reason) = self.loaded.release.quarantine_reason.clone() {
+            // Quarantined while it waited in line: automation never deploys it.
+            finish_phases(&mut self.tx, self.loaded.id).await?;
+            self.set_state(
+                RolloutState::Cancelled,
+                Some(&format!(
+                    "release {} was quarantined while queued: {reason}",
+                    self.loaded.release.version
+                )),
+            )
+            .await?;
+            self.event(
+                "rollout.cancelled",
+                json!({ "reason": "release quarantined" }),
+            )
+            .await?;
+            wake_queue(&mut self.tx, self.loaded.environment_id).await?;
+            self.commit().await?;
+            return Ok(true);
+        }
+        // What a rollback returns to is what ran when this rollout began, not when it queued.
+        sqlx::query(
+            "update rollouts set activated_at = now(),
+                    previous_release_id = (select release_id from rollouts
+                                            where environment_id = $2 and state = 'succeeded'
+                                            order by finished_at desc, id desc limit 1)
+              where id = $1",
+        )
+        .bind(self.loaded.id)
+        .bind(self.loaded.environment_id)
+        .execute(&mut *self.tx)
+        .await?;
         let next = if needs_approval {
             RolloutState::PendingApproval
         } else {
@@ -828,48 +865,12 @@ impl<'a> Fenced<'a> {
         restored: bool,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "update rollbacks set outcome = $2, restored_at = case when $2 = 'restored' then now() end
-              where rollout_id = $1",
-        )
-        .bind(self.loaded.id)
-        .bind(if restored { "restored" } else { "failed" })
-        .execute(&mut *self.tx)
-        .await?;
-        if let Some(undone) = self.loaded.rollback_of {
-            let state = if restored {
-                "rolled_back"
-            } else {
-                "rollback_failed"
-            };
-            let reason = match reason {
-                Some(reason) => format!("the rollback failed: {reason}"),
-                None => format!("rolled back to {}", self.loaded.release.version),
-            };
-            sqlx::query(
-                "update rollouts set state = $2::rollout_state, state_reason = coalesce(state_reason || '; ', '') || $3,
-                        finished_at = now(), updated_at = now(), version = version + 1
-                  where id = $1 and state = 'rolling_back'",
-            )
-            .bind(undone)
-            .bind(state)
-            .bind(&reason)
-            .execute(&mut *self.tx)
-            .await?;
-            let scope = Scope {
-                rollout_id: Some(undone),
-                ..self.scope()
-            };
-            events::record(
-                &mut *self.tx,
-                scope,
-                &self.actor,
-                &format!("rollout.{state}"),
-                json!({ "rollback": self.loaded.id }),
-            )
-            .await?;
-            notify(&mut self.tx, undone).await?;
-        }
+        let reason = match reason {
+            Some(reason) => format!("the rollback failed: {reason}"),
+            None => format!("rolled back to {}", self.loaded.release.version),
+        };
+        let actor = self.actor.clone();
+        rollouts::finish_undone(&mut self.tx, self.loaded.id, restored, &reason, &actor).await?;
         self.event(
             if restored {
                 "rollback.restored"

@@ -116,22 +116,36 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
     } else {
         RolloutState::InProgress
     };
-    let id = insert(
-        &mut tx,
-        Insert {
-            environment,
-            release_id: release.id,
-            previous_release_id: previous,
-            kind: new.kind,
-            state,
-            plan: &environment.plan,
-            targets: serde_json::to_value(&targets)?,
-            rollback_of: None,
-            actor: new.actor,
-            trigger: new.trigger,
-        },
-    )
-    .await?;
+    let targets = serde_json::to_value(&targets)?;
+    let row = |state| Insert {
+        environment,
+        release_id: release.id,
+        previous_release_id: previous,
+        kind: new.kind,
+        state,
+        plan: &environment.plan,
+        targets: targets.clone(),
+        rollback_of: None,
+        actor: new.actor,
+        trigger: new.trigger,
+    };
+    sqlx::query("savepoint start_rollout")
+        .execute(&mut *tx)
+        .await?;
+    let (id, state) = match insert(&mut tx, row(state)).await {
+        Ok(id) => (id, state),
+        // A queued rollout took the environment between our read and our insert: queue behind it.
+        Err(StoreError::Conflict(_)) if state != RolloutState::Queued => {
+            sqlx::query("rollback to savepoint start_rollout")
+                .execute(&mut *tx)
+                .await?;
+            (
+                insert(&mut tx, row(RolloutState::Queued)).await?,
+                RolloutState::Queued,
+            )
+        }
+        Err(other) => return Err(other),
+    };
     let scope = Scope {
         app_id: Some(environment.app_id),
         environment_id: Some(environment.id),
@@ -180,9 +194,10 @@ async fn insert(tx: &mut PgConnection, rollout: Insert<'_>) -> Result<Uuid, Stor
     let id = Uuid::now_v7();
     sqlx::query(
         "insert into rollouts (id, app_id, environment_id, release_id, previous_release_id, kind, state,
-                               plan, targets, rollback_of, created_by, trigger, started_at)
+                               plan, targets, rollback_of, created_by, trigger, started_at, activated_at)
          values ($1, $2, $3, $4, $5, $6::rollout_kind, $7::rollout_state, $8, $9, $10, $11, $12,
-                 case when $7 = 'in_progress' then now() end)",
+                 case when $7 = 'in_progress' then now() end,
+                 case when $7 <> 'queued' then now() end)",
     )
     .bind(id)
     .bind(rollout.environment.app_id)
@@ -256,27 +271,47 @@ pub async fn rollback_in(
     undo: Option<Uuid>,
     request: RollbackRequest<'_>,
 ) -> Result<Uuid, StoreError> {
-    lock_environment(tx, environment.id).await?;
+    // Lock order everywhere: the rollout rows first, then the environment (the engine's fenced
+    // transaction already holds the rollout it rolls back).
     let in_flight = match undo {
         Some(id) => Some(id),
         None => {
-            // A rollout only waiting for approvals has deployed nothing: cancel it.
-            sqlx::query(
-                "update rollouts set state = 'cancelled', state_reason = 'cancelled by a rollback',
-                        finished_at = now(), updated_at = now(), version = version + 1
-                  where environment_id = $1 and state = 'pending_approval'",
+            let active: Vec<(Uuid, String, String)> = sqlx::query_as(
+                "select id, state::text, kind::text from rollouts
+                  where environment_id = $1 and state in ('pending_approval', 'in_progress', 'paused')
+                  for update",
             )
             .bind(environment.id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            sqlx::query_scalar(
-                "select id from rollouts where environment_id = $1 and state in ('in_progress', 'paused')",
-            )
-            .bind(environment.id)
-            .fetch_optional(&mut *tx)
-            .await?
+            if active.iter().any(|(_, _, kind)| kind == "rollback") {
+                return Err(StoreError::Conflict(
+                    "a rollback of this environment is already running; wait for it or cancel it"
+                        .into(),
+                ));
+            }
+            let mut in_flight = None;
+            for (id, state, _) in active {
+                if state == "pending_approval" {
+                    // A rollout only waiting for approvals has deployed nothing: cancel it.
+                    sqlx::query(
+                        "update rollouts set state = 'cancelled', state_reason = 'cancelled by a rollback',
+                                finished_at = now(), updated_at = now(), version = version + 1
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    finish_phases(tx, id).await?;
+                    notify(tx, id).await?;
+                } else {
+                    in_flight = Some(id);
+                }
+            }
+            in_flight
         }
     };
+    lock_environment(tx, environment.id).await?;
     if in_flight.is_none() {
         let rolling: Option<Uuid> = sqlx::query_scalar(
             "select id from rollouts where environment_id = $1 and state = 'rolling_back'
@@ -362,11 +397,6 @@ pub async fn rollback_in(
         }
         None => (environment.plan.clone(), current),
     };
-    if from_release == Some(target) && in_flight.is_none() {
-        return Err(StoreError::Refused(
-            "the environment already runs that release".into(),
-        ));
-    }
     let target_release = releases::by_id(&mut *tx, target).await?;
     let scope = rollback_scope(tx, environment.id, undone, &target_release).await?;
     if scope.components.is_empty() && scope.config.is_empty() {
@@ -712,6 +742,16 @@ pub async fn act(
         .await?;
         if next == RolloutState::Cancelled {
             finish_phases(&mut tx, id).await?;
+            if locked.kind == RolloutKind::Rollback {
+                finish_undone(
+                    &mut tx,
+                    id,
+                    false,
+                    &format!("the rollback was cancelled by {}", actor.label()),
+                    actor,
+                )
+                .await?;
+            }
             wake_queue(&mut tx, locked.environment_id).await?;
         }
     } else {
@@ -739,6 +779,60 @@ pub async fn act(
     Ok(next)
 }
 
+/// A rollback rollout ended: record the outcome in the history and move the rollout it undid
+/// to `rolled_back` or `rollback_failed`.
+pub async fn finish_undone(
+    tx: &mut PgConnection,
+    rollback_id: Uuid,
+    restored: bool,
+    reason: &str,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update rollbacks set outcome = $2, restored_at = case when $2 = 'restored' then now() end
+          where rollout_id = $1",
+    )
+    .bind(rollback_id)
+    .bind(if restored { "restored" } else { "failed" })
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query("select rollback_of, app_id, environment_id from rollouts where id = $1")
+        .bind(rollback_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let Some(undone) = row.get::<Option<Uuid>, _>("rollback_of") else {
+        return Ok(());
+    };
+    let state = if restored {
+        "rolled_back"
+    } else {
+        "rollback_failed"
+    };
+    sqlx::query(
+        "update rollouts set state = $2::rollout_state, state_reason = coalesce(state_reason || '; ', '') || $3,
+                finished_at = now(), updated_at = now(), version = version + 1
+          where id = $1 and state = 'rolling_back'",
+    )
+    .bind(undone)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    events::record(
+        &mut *tx,
+        Scope {
+            app_id: Some(row.get("app_id")),
+            environment_id: Some(row.get("environment_id")),
+            rollout_id: Some(undone),
+        },
+        actor,
+        &format!("rollout.{state}"),
+        json!({ "rollback": rollback_id, "reason": reason }),
+    )
+    .await?;
+    notify(tx, undone).await
+}
+
 /// Ends the phases of a finished rollout: the running one aborted, pending ones skipped.
 pub async fn finish_phases(tx: &mut PgConnection, rollout_id: Uuid) -> Result<(), StoreError> {
     sqlx::query(
@@ -758,7 +852,7 @@ pub async fn wake_queue(tx: &mut PgConnection, environment_id: Uuid) -> Result<(
     let next: Option<Uuid> = sqlx::query_scalar(
         "update rollouts set next_wake_at = now(), version = version + 1
           where id = (select id from rollouts where environment_id = $1 and state = 'queued'
-                       order by created_at, id limit 1)
+                       order by created_at, id limit 1 for update skip locked)
          returning id",
     )
     .bind(environment_id)

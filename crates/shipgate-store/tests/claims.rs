@@ -139,3 +139,60 @@ async fn a_write_based_on_a_stale_read_is_refused() {
     ));
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_person_counts_once_towards_required_approvals() {
+    let db = TestDb::new().await.unwrap();
+    let yaml = "app: gated\ncomponents: [api]\nenvironments:\n  - name: production\n    approvals: { required: 2 }\n    targets: { api: { provider: simulated } }\n    plan: [ { name: all, deploy: [api] } ]\n";
+    let document = shipgate_domain::config::load(yaml, &|_| None).unwrap();
+    let creator = Actor::system("ci");
+    apps::apply(&db.pool, &document, &SecretBox::new([1; 32], &[]), &creator)
+        .await
+        .unwrap();
+    let app = apps::get(&db.pool, "gated").await.unwrap();
+    let release = NewRelease {
+        version: "1.0.0".into(),
+        artifacts: [("api".to_owned(), serde_json::json!("image:1"))].into(),
+        ..NewRelease::default()
+    };
+    let (release, _) = releases::create(&db.pool, app.id, &release, &creator, "test")
+        .await
+        .unwrap();
+    let environment = apps::environment(&db.pool, "gated", "production")
+        .await
+        .unwrap();
+    let id = rollouts::start(
+        &db.pool,
+        NewRollout {
+            environment: &environment,
+            release: &release,
+            kind: RolloutKind::Deploy,
+            actor: &creator,
+            trigger: "test",
+        },
+    )
+    .await
+    .unwrap();
+    let alice = Actor::token("alice");
+    rollouts::decide_approval(&db.pool, id, true, &alice, None, false)
+        .await
+        .unwrap();
+    let again = rollouts::decide_approval(&db.pool, id, true, &alice, None, false).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "a second approval by the same person is refused"
+    );
+    let own = rollouts::decide_approval(&db.pool, id, true, &creator, None, false).await;
+    assert!(
+        matches!(own, Err(StoreError::Refused(_))),
+        "self-approval is refused by default"
+    );
+    let loaded = engine::load(&db.pool, id).await.unwrap();
+    assert_eq!(loaded.view.approval.as_ref().map(|a| a.approvals), Some(1));
+    rollouts::decide_approval(&db.pool, id, true, &Actor::token("bob"), None, false)
+        .await
+        .unwrap();
+    let loaded = engine::load(&db.pool, id).await.unwrap();
+    assert_eq!(loaded.view.approval.as_ref().map(|a| a.approvals), Some(2));
+    db.drop_database().await.unwrap();
+}

@@ -90,18 +90,19 @@ fn is_root() -> bool {
 /// Runs a PostgreSQL binary, as the `postgres` system user when we are root (PostgreSQL
 /// refuses to run as root).
 fn run_pg(binary: &Path, args: &[&str], as_postgres: bool) -> Result<()> {
-    let status = if as_postgres {
-        Command::new("runuser")
-            .arg("-u")
-            .arg("postgres")
-            .arg("--")
-            .arg(binary)
-            .args(args)
-            .status()
+    let mut command = if as_postgres {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(binary);
+        command
     } else {
-        Command::new(binary).args(args).status()
-    }
-    .with_context(|| format!("running {}", binary.display()))?;
+        Command::new(binary)
+    };
+    // Their chatter belongs with our logs on stderr; stdout carries only what scripts read.
+    let status = command
+        .args(args)
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
         bail!(
             "{} {} failed with {status}",
