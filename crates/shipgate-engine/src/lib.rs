@@ -646,13 +646,7 @@ impl Engine {
             );
         };
         let credential = self.credential(loaded, component).await?;
-        let context = TargetContext {
-            app: &loaded.app,
-            environment: &loaded.environment,
-            component,
-            target,
-            credential: credential.as_deref(),
-        };
+        let context = target_context(loaded, component, target, credential.as_deref());
         let provider_name = target.provider.as_str();
         let started = Instant::now();
         let found = if reconciling {
@@ -769,13 +763,7 @@ impl Engine {
             .get(target.provider)
             .ok_or_else(|| StoreError::Corrupt(format!("no {} adapter", target.provider)))?;
         let credential = self.credential(loaded, component).await?;
-        let context = TargetContext {
-            app: &loaded.app,
-            environment: &loaded.environment,
-            component,
-            target,
-            credential: credential.as_deref(),
-        };
+        let context = target_context(loaded, component, target, credential.as_deref());
         let reference = row.provider_ref.clone().unwrap_or_default();
         let started = Instant::now();
         let status = provider.poll(&context, &reference).await;
@@ -833,13 +821,8 @@ impl Engine {
                     let reading = match self.providers.get(target.provider) {
                         Some(provider) => {
                             let credential = self.credential(loaded, component).await?;
-                            let context = TargetContext {
-                                app: &loaded.app,
-                                environment: &loaded.environment,
-                                component,
-                                target,
-                                credential: credential.as_deref(),
-                            };
+                            let context =
+                                target_context(loaded, component, target, credential.as_deref());
                             provider.health(&context).await
                         }
                         None => None,
@@ -940,6 +923,22 @@ impl Engine {
             .record_check(phase, gate, verdict, value, detail)
             .await?;
         Ok(())
+    }
+}
+
+/// Where a step or probe acts.
+fn target_context<'a>(
+    loaded: &'a Loaded,
+    component: &'a str,
+    target: &'a shipgate_domain::config::TargetSpec,
+    credential: Option<&'a str>,
+) -> TargetContext<'a> {
+    TargetContext {
+        app: &loaded.app,
+        environment: &loaded.environment,
+        component,
+        target,
+        credential,
     }
 }
 

@@ -344,14 +344,7 @@ pub struct App {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Reads one app by name.
-pub async fn get(pool: &PgPool, name: &str) -> Result<App, StoreError> {
-    let row =
-        sqlx::query("select id, name, config, created_at, updated_at from apps where name = $1")
-            .bind(name)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("app `{name}`")))?;
+fn app_from_row(row: sqlx::postgres::PgRow) -> Result<App, StoreError> {
     Ok(App {
         id: row.get("id"),
         name: row.get("name"),
@@ -361,22 +354,24 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<App, StoreError> {
     })
 }
 
+/// Reads one app by name.
+pub async fn get(pool: &PgPool, name: &str) -> Result<App, StoreError> {
+    let row =
+        sqlx::query("select id, name, config, created_at, updated_at from apps where name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("app `{name}`")))?;
+    app_from_row(row)
+}
+
 /// Lists apps by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<App>, StoreError> {
-    let rows =
-        sqlx::query("select id, name, config, created_at, updated_at from apps order by name")
-            .fetch_all(pool)
-            .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(App {
-                id: row.get("id"),
-                name: row.get("name"),
-                spec: serde_json::from_value(row.get("config"))?,
-                created_at: row.get("created_at"),
-                updated_at: row.get("updated_at"),
-            })
-        })
+    sqlx::query("select id, name, config, created_at, updated_at from apps order by name")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(app_from_row)
         .collect()
 }
 
