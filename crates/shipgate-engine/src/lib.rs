@@ -478,10 +478,27 @@ impl Engine {
                     .map_err(StoreError::from)?,
                     None => None,
                 };
+                // What deployed the release we return to, here: platforms that roll back
+                // natively go back to exactly that.
+                let to_ref: Option<String> = sqlx::query_scalar(
+                    "select s.provider_ref from step_runs s join rollouts r on r.id = s.rollout_id
+                      where r.environment_id = $1 and r.release_id = $2 and s.component = $3
+                        and s.kind in ('deploy', 'rollback') and s.state = 'succeeded'
+                        and s.provider_ref is not null and r.id <> $4
+                      order by s.finished_at desc limit 1",
+                )
+                .bind(loaded.environment_id)
+                .bind(loaded.release.id)
+                .bind(component)
+                .bind(loaded.id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from)?;
                 json!(StepRequest::Rollback {
                     version,
                     artifact: artifact(component),
-                    from_ref
+                    from_ref,
+                    to_ref,
                 })
             }
             StepSpec::Traffic { percent, .. } => json!(StepRequest::Traffic {
@@ -521,31 +538,7 @@ impl Engine {
     }
 
     fn step_request(value: &Value) -> Option<StepRequest> {
-        let action = value.get("action")?.as_str()?;
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-        Some(match action {
-            "deploy" => StepRequest::Deploy {
-                version: text("version")?,
-                artifact: value["artifact"].clone(),
-            },
-            "rollback" => StepRequest::Rollback {
-                version: text("version")?,
-                artifact: value["artifact"].clone(),
-                from_ref: text("from_ref"),
-            },
-            "traffic" => StepRequest::Traffic {
-                version: text("version")?,
-                percent: value.get("percent")?.as_u64()? as u8,
-            },
-            "config" => StepRequest::Config {
-                vars: serde_json::from_value(value.get("vars")?.clone()).ok()?,
-            },
-            "job" => StepRequest::Job {
-                version: text("version")?,
-                command: text("command")?,
-            },
-            _ => return None,
-        })
+        serde_json::from_value(value.clone()).ok()
     }
 
     /// Records the intent of a step attempt, then calls the provider.

@@ -5,8 +5,15 @@
 //! operation with that key exists: that is how a restarted engine reconciles instead of
 //! deploying twice.
 
+pub mod cloudrun;
+pub mod generic;
+pub mod heroku;
+pub mod http;
 pub mod probes;
+pub mod railway;
+pub mod render;
 pub mod simulated;
+pub mod vercel;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +42,7 @@ pub struct TargetContext<'a> {
 }
 
 /// What a step asks of a provider.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum StepRequest {
     /// Deploy a release's artifact.
@@ -53,6 +60,10 @@ pub enum StepRequest {
         artifact: Value,
         /// The provider reference of what is being undone, if known.
         from_ref: Option<String>,
+        /// The provider reference of the operation that deployed the release returned to in
+        /// this environment (Heroku release, Vercel deployment, Cloud Run revision, Render or
+        /// Railway deploy), for platforms that roll back natively.
+        to_ref: Option<String>,
     },
     /// Send a share of traffic to the new version.
     Traffic {
@@ -93,6 +104,17 @@ pub struct Submitted {
     pub reference: String,
     /// Its status when accepted (some operations finish at once).
     pub status: OperationStatus,
+}
+
+/// What a platform says is live for a target, for drift detection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveState {
+    /// The platform's reference of what serves (release id, deployment id, revision).
+    pub reference: Option<String>,
+    /// The version or artifact, when the platform reports one.
+    pub version: Option<String>,
+    /// Anything else worth showing (traffic split, config).
+    pub detail: Value,
 }
 
 /// A health reading from a provider's own view (platforms with no health URL, the simulator).
@@ -145,6 +167,14 @@ pub trait Provider: Send + Sync {
         target: &TargetContext<'_>,
         reference: &str,
     ) -> Result<OperationStatus, ProviderError>;
+
+    /// What the platform serves now, to notice drift (a rollback made in the platform's own UI).
+    async fn live(&self, _target: &TargetContext<'_>) -> Result<LiveState, ProviderError> {
+        Err(ProviderError::Permanent(format!(
+            "the {} provider cannot report what is live",
+            self.kind()
+        )))
+    }
 
     /// The provider's own view of health, for targets without a health URL.
     async fn health(

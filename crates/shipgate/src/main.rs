@@ -237,7 +237,11 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
         .install_recorder()
         .ok();
     let replica = replica_name(&config);
-    let providers = Registry::new().with(Arc::new(Simulated::new(pool.clone(), replica.clone())));
+    let providers = Registry::new()
+        .with(Arc::new(Simulated::new(pool.clone(), replica.clone())))
+        .with(Arc::new(shipgate_providers::generic::Generic::new(
+            shipgate_providers::http::RetryPolicy::default(),
+        )));
     let engine = Engine::new(
         pool.clone(),
         providers,

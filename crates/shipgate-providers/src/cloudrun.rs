@@ -1,0 +1,1 @@
+//! The cloudrun adapter (in progress).

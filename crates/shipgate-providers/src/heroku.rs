@@ -1,0 +1,1 @@
+//! The heroku adapter (in progress).

@@ -1,0 +1,1 @@
+//! The railway adapter (in progress).

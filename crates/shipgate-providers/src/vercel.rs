@@ -1,0 +1,1 @@
+//! The vercel adapter (in progress).

@@ -1,0 +1,1 @@
+//! A fake of the cloudrun API (in progress).

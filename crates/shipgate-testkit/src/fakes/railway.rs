@@ -1,0 +1,1 @@
+//! A fake of the railway API (in progress).

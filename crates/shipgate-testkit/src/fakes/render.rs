@@ -1,0 +1,1 @@
+//! A fake of the render API (in progress).

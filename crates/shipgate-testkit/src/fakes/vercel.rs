@@ -1,0 +1,1 @@
+//! A fake of the vercel API (in progress).
