@@ -138,10 +138,7 @@ impl Provider for Generic {
             })
             .unwrap_or_else(|| natural_key.to_owned());
         let status = if target.target.settings.contains_key("status_url") {
-            match status_from(&answer.body) {
-                OperationStatus::Running => OperationStatus::Running,
-                settled => settled,
-            }
+            status_from(&answer.body)
         } else {
             OperationStatus::Succeeded(answer.body)
         };
