@@ -206,6 +206,10 @@ create table live_components (
     rollout_id      uuid references rollouts(id) on delete set null,
     provider_ref    text,
     since           timestamptz not null default now(),
+    -- what the platform itself last said serves (drift: someone deployed or rolled back there)
+    observed_ref    text,
+    observed_version text,
+    observed_at     timestamptz,
     primary key (environment_id, component_id)
 );
 

@@ -237,11 +237,17 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
         .install_recorder()
         .ok();
     let replica = replica_name(&config);
+    let policy = shipgate_providers::http::RetryPolicy::default();
     let providers = Registry::new()
         .with(Arc::new(Simulated::new(pool.clone(), replica.clone())))
-        .with(Arc::new(shipgate_providers::generic::Generic::new(
-            shipgate_providers::http::RetryPolicy::default(),
-        )));
+        .with(Arc::new(shipgate_providers::generic::Generic::new(policy)))
+        .with(Arc::new(shipgate_providers::heroku::Heroku::new(policy)))
+        .with(Arc::new(shipgate_providers::vercel::Vercel::new(policy)))
+        .with(Arc::new(shipgate_providers::railway::Railway::new(policy)))
+        .with(Arc::new(shipgate_providers::cloudrun::CloudRun::new(
+            policy,
+        )))
+        .with(Arc::new(shipgate_providers::render::Render::new(policy)));
     let engine = Engine::new(
         pool.clone(),
         providers,
