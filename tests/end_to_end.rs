@@ -1003,3 +1003,64 @@ async fn a_cancelled_or_failed_rollback_leaves_the_undone_rollout_rollback_faile
     drop(server);
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn drift_is_noticed_when_the_platform_serves_something_else() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[("SHIPGATE_DRIFT_INTERVAL", "300ms")]).unwrap();
+    server
+        .apply("shop", &shop_config("shop", "100ms"))
+        .await
+        .unwrap();
+    let id = deploy(&server, "shop", "staging", "1.0.0").await;
+    server
+        .wait_finished(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (_, status) = server
+        .get("/api/v1/apps/shop/environments/staging")
+        .await
+        .unwrap();
+    assert!(
+        status["live"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["drifted"] == false),
+        "{status}"
+    );
+
+    // Someone deploys an old build of the API in the platform's own UI.
+    sqlx::query(
+        "insert into simulated_operations (id, target, natural_key, kind, version, request, outcome, ready_at, issued_by)
+         values (gen_random_uuid(), 'shop/staging/api', 'outside', 'deploy', '0.9.0-hotfix', '{}', 'succeeded', now(), 'a person')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let api = eventually(Duration::from_secs(20), "drift to be noticed", || async {
+        let (_, status) = server.get("/api/v1/apps/shop/environments/staging").await?;
+        let api = status["live"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "api")
+            .cloned();
+        Ok(api.filter(|api| api["drifted"] == true))
+    })
+    .await
+    .unwrap();
+    assert_eq!(api["observed_version"], "0.9.0-hotfix");
+    assert_eq!(api["release"], "1.0.0");
+    let (_, events) = server.get("/api/v1/events?app=shop").await.unwrap();
+    let drift: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "drift.detected")
+        .collect();
+    assert_eq!(drift.len(), 1, "one event per change, not per check");
+    assert_eq!(drift[0]["details"]["component"], "api");
+    drop(server);
+    db.drop_database().await.unwrap();
+}

@@ -718,6 +718,9 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
                 "the plan needs at least one phase".into(),
             );
         }
+        for problem in unserved_canaries(&phases, &targets) {
+            push(format!("{at}.plan[{}].deploy", problem.0), problem.1);
+        }
         environments.push(EnvironmentSpec {
             name: environment.name.clone(),
             auto_deploy: environment.auto_deploy.clone(),
@@ -737,6 +740,41 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
         has_webhook_secret: document.webhook_secret.is_some(),
         environments,
     }
+}
+
+/// Platforms that deploy a new version at 0% traffic (Cloud Run pins traffic so a canary can
+/// shift it) need a `traffic` step for it in the same phase or a later one, or the release would
+/// never serve. Returns (phase index, message) for each deploy left unserved.
+fn unserved_canaries(
+    phases: &[PhaseSpec],
+    targets: &BTreeMap<String, TargetSpec>,
+) -> Vec<(usize, String)> {
+    let mut problems = Vec::new();
+    for (index, phase) in phases.iter().enumerate() {
+        for step in &phase.steps {
+            let StepSpec::Deploy { component } = step else {
+                continue;
+            };
+            let pins_traffic = targets
+                .get(component)
+                .is_some_and(|target| target.provider == ProviderKind::Cloudrun);
+            if !pins_traffic {
+                continue;
+            }
+            let served = phases[index..].iter().flat_map(|p| &p.steps).any(
+                |later| matches!(later, StepSpec::Traffic { component: c, .. } if c == component),
+            );
+            if !served {
+                problems.push((
+                    index,
+                    format!(
+                        "`{component}` is a Cloud Run target, whose new revision starts at 0% traffic: add `traffic: {{ component: {component}, percent: 100 }}` to this phase or a later one"
+                    ),
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn errors_extend(push: &mut impl FnMut(String, String), found: &mut Vec<FieldError>) {
@@ -1278,6 +1316,23 @@ environments:
             fields.contains(&"environments[0].targets.node-api.credential"),
             "{fields:?}"
         );
+    }
+
+    #[test]
+    fn a_cloud_run_deploy_without_a_later_traffic_step_is_refused() {
+        let document = |traffic: &str| {
+            format!(
+                "app: rag\ncomponents: [api]\ncredentials: {{ gcp: t }}\nenvironments:\n  - name: production\n    targets:\n      api: {{ provider: cloudrun, project: p, region: r, service: s, credential: gcp }}\n    plan:\n      - {{ name: canary, deploy: [api] }}\n      - {{ name: full, {traffic} }}\n"
+            )
+        };
+        let errors = load(&document("wait: 1s"), &|_| None).unwrap_err().errors;
+        assert_eq!(errors[0].field, "environments[0].plan[0].deploy");
+        assert!(errors[0].message.contains("0% traffic"), "{errors:?}");
+        assert!(load(
+            &document("traffic: { component: api, percent: 100 }"),
+            &|_| None
+        )
+        .is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Step polling and timeouts.
     pub timing: Timing,
+    /// How often platforms are asked what they serve, to notice drift (zero: never).
+    pub drift_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(1),
             concurrency: 32,
             timing: Timing::default(),
+            drift_interval: Duration::from_secs(60),
         }
     }
 }
@@ -115,6 +118,8 @@ impl Engine {
         info!(replica = %self.config.replica, "engine started");
         let listener = tokio::spawn(Arc::clone(&self).listen());
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
+        let drift = (!self.config.drift_interval.is_zero())
+            .then(|| tokio::spawn(Arc::clone(&self).watch_drift()));
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         tokio::pin!(shutdown);
         loop {
@@ -160,6 +165,9 @@ impl Engine {
             }
         }
         listener.abort();
+        if let Some(drift) = drift {
+            drift.abort();
+        }
         // Let drives in a provider call finish (their leases are still renewed), then give back
         // what we hold so another replica continues at once.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -205,6 +213,74 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Asks each platform what it serves for every live component, and records drift: a
+    /// deploy or rollback made in the platform's own UI. One replica checks per round.
+    async fn watch_drift(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.drift_interval).await;
+            if let Err(error) = self.check_drift().await {
+                warn!(%error, "checking for drift failed");
+            }
+        }
+    }
+
+    async fn check_drift(&self) -> Result<(), EngineError> {
+        let mut lock = self.pool.begin().await.map_err(StoreError::from)?;
+        let ours: bool =
+            sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('shipgate-drift'))")
+                .fetch_one(&mut *lock)
+                .await
+                .map_err(StoreError::from)?;
+        if !ours {
+            return Ok(());
+        }
+        for candidate in store::drift_candidates(&self.pool).await? {
+            let Some(provider) = self.providers.get(candidate.target.provider) else {
+                continue;
+            };
+            let credential = match &candidate.target.credential {
+                Some(name) => Some(
+                    shipgate_store::apps::credential(
+                        &self.pool,
+                        &self.secrets,
+                        candidate.app_id,
+                        name,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let context = TargetContext {
+                app: &candidate.app,
+                environment: &candidate.environment,
+                component: &candidate.component,
+                target: &candidate.target,
+                credential: credential.as_deref(),
+            };
+            match provider.live(&context).await {
+                Ok(live) => {
+                    let drifted = store::record_observation(
+                        &self.pool,
+                        &candidate,
+                        live.reference.as_deref(),
+                        live.version.as_deref(),
+                        &self.config.replica,
+                    )
+                    .await?;
+                    if drifted {
+                        warn!(app = %candidate.app, environment = %candidate.environment,
+                              component = %candidate.component, expected = %candidate.release,
+                              observed = ?live.version, "drift: the platform serves something else");
+                    }
+                }
+                Err(ProviderError::Permanent(message)) => debug!(%message, "no live view"),
+                Err(error) => debug!(%error, "live view unavailable this round"),
+            }
+        }
+        lock.commit().await.map_err(StoreError::from)?;
+        Ok(())
     }
 
     async fn heartbeat(self: Arc<Self>) {

@@ -13,7 +13,8 @@ use shipgate_domain::provider::ProviderKind;
 use shipgate_domain::Span;
 
 use crate::{
-    HealthReading, OperationStatus, Provider, ProviderError, StepRequest, Submitted, TargetContext,
+    HealthReading, LiveState, OperationStatus, Provider, ProviderError, StepRequest, Submitted,
+    TargetContext,
 };
 
 /// The simulated platform.
@@ -175,6 +176,23 @@ impl Provider for Simulated {
             row.get("detail"),
             row.get("ready"),
         ))
+    }
+
+    async fn live(&self, target: &TargetContext<'_>) -> Result<LiveState, ProviderError> {
+        let row = sqlx::query(
+            "select id, version from simulated_operations
+              where target = $1 and kind in ('deploy', 'rollback') and outcome = 'succeeded' and ready_at <= now()
+              order by ready_at desc limit 1",
+        )
+        .bind(target_key(target))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(transient)?;
+        Ok(LiveState {
+            reference: row.as_ref().map(|r| r.get::<Uuid, _>("id").to_string()),
+            version: row.and_then(|r| r.get("version")),
+            detail: Value::Null,
+        })
     }
 
     async fn health(

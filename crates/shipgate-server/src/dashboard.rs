@@ -154,7 +154,7 @@ async fn logout(session: Session, Form(form): Form<CsrfForm>) -> Response {
 struct EnvironmentRow {
     name: String,
     current_release: Option<String>,
-    live: Vec<(String, String)>,
+    live: Vec<(String, String, Option<String>)>,
     in_flight: Option<RolloutSummary>,
     auto_deploy_paused: Option<String>,
 }
@@ -195,7 +195,10 @@ async fn overview(
             let live = rollouts::live_components(pool, environment.id)
                 .await?
                 .into_iter()
-                .map(|l| (l.component, l.release))
+                .map(|l| {
+                    let observed = l.drifted.then_some(l.observed_version).flatten();
+                    (l.component, l.release, observed)
+                })
                 .collect();
             let current = match rollouts::current_release_id(pool, environment.id).await? {
                 Some(id) => Some(releases::by_id(pool, id).await?.version),

@@ -914,3 +914,116 @@ impl<'a> Fenced<'a> {
         Ok(rollback_id)
     }
 }
+
+/// A component whose live release can be compared with what its platform serves.
+#[derive(Clone, Debug)]
+pub struct DriftCandidate {
+    /// Environment id.
+    pub environment_id: Uuid,
+    /// Component id.
+    pub component_id: Uuid,
+    /// App id.
+    pub app_id: Uuid,
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// Component name.
+    pub component: String,
+    /// The release Shipgate put there.
+    pub release: String,
+    /// The target as configured now.
+    pub target: TargetSpec,
+}
+
+/// Live components with a target in environments with no rollout in flight, for the drift
+/// watcher.
+pub async fn drift_candidates(pool: &PgPool) -> Result<Vec<DriftCandidate>, StoreError> {
+    let rows = sqlx::query(
+        "select l.environment_id, l.component_id, a.id as app_id, a.name as app, e.name as environment,
+                c.name as component, r.version as release, t.provider, t.settings, t.credential_name, t.health
+           from live_components l
+           join environments e on e.id = l.environment_id and e.retired_at is null
+           join apps a on a.id = e.app_id
+           join components c on c.id = l.component_id
+           join releases r on r.id = l.release_id
+           join targets t on t.environment_id = l.environment_id and t.component_id = l.component_id
+          where not exists (select 1 from rollouts x where x.environment_id = l.environment_id
+                              and x.state in ('in_progress', 'paused', 'rolling_back'))",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let provider: String = row.get("provider");
+            let settings: Value = row.get("settings");
+            let health: Option<Value> = row.get("health");
+            Ok(DriftCandidate {
+                environment_id: row.get("environment_id"),
+                component_id: row.get("component_id"),
+                app_id: row.get("app_id"),
+                app: row.get("app"),
+                environment: row.get("environment"),
+                component: row.get("component"),
+                release: row.get("release"),
+                target: TargetSpec {
+                    provider: provider.parse().map_err(StoreError::Corrupt)?,
+                    settings: settings.as_object().cloned().unwrap_or_default(),
+                    credential: row.get("credential_name"),
+                    health: health.map(serde_json::from_value).transpose()?,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Records what a platform says serves a component; when it starts to differ from the release
+/// Shipgate put there, appends a `drift.detected` event (once per change). Returns whether the
+/// component has drifted.
+pub async fn record_observation(
+    pool: &PgPool,
+    candidate: &DriftCandidate,
+    observed_ref: Option<&str>,
+    observed_version: Option<&str>,
+    replica: &str,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let previous: Option<Option<String>> = sqlx::query_scalar(
+        "select observed_version from live_components where environment_id = $1 and component_id = $2 for update",
+    )
+    .bind(candidate.environment_id)
+    .bind(candidate.component_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(previous) = previous else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "update live_components set observed_ref = $3, observed_version = $4, observed_at = now()
+          where environment_id = $1 and component_id = $2",
+    )
+    .bind(candidate.environment_id)
+    .bind(candidate.component_id)
+    .bind(observed_ref)
+    .bind(observed_version)
+    .execute(&mut *tx)
+    .await?;
+    let drifted = observed_version.is_some_and(|version| version != candidate.release);
+    if drifted && previous.as_deref() != observed_version {
+        events::record(
+            &mut *tx,
+            Scope {
+                app_id: Some(candidate.app_id),
+                environment_id: Some(candidate.environment_id),
+                rollout_id: None,
+            },
+            &Actor::engine(replica),
+            "drift.detected",
+            json!({ "component": candidate.component, "expected": candidate.release,
+                    "observed": observed_version, "reference": observed_ref }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(drifted)
+}

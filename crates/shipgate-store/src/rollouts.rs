@@ -1355,6 +1355,12 @@ pub struct LiveComponent {
     pub provider_ref: Option<String>,
     /// Since.
     pub since: DateTime<Utc>,
+    /// What the platform last said serves (version), if it can tell.
+    pub observed_version: Option<String>,
+    /// When it said so.
+    pub observed_at: Option<DateTime<Utc>>,
+    /// The platform serves something other than what Shipgate deployed.
+    pub drifted: bool,
 }
 
 /// What runs in each component of an environment.
@@ -1363,7 +1369,9 @@ pub async fn live_components(
     environment_id: Uuid,
 ) -> Result<Vec<LiveComponent>, StoreError> {
     Ok(sqlx::query_as::<_, LiveComponent>(
-        "select c.name as component, r.version as release, l.provider_ref, l.since
+        "select c.name as component, r.version as release, l.provider_ref, l.since,
+                l.observed_version, l.observed_at,
+                coalesce(l.observed_version <> r.version, false) as drifted
            from live_components l
            join components c on c.id = l.component_id
            join releases r on r.id = l.release_id

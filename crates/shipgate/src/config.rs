@@ -57,6 +57,10 @@ pub struct ServerConfig {
     #[arg(long, env = "SHIPGATE_LEASE", default_value = "15s")]
     pub lease: shipgate_domain::Span,
 
+    /// How often platforms are asked what they serve, to notice drift (`0s`: never).
+    #[arg(long, env = "SHIPGATE_DRIFT_INTERVAL", default_value = "60s")]
+    pub drift_interval: shipgate_domain::Span,
+
     /// Database connections this replica may open.
     #[arg(long, env = "SHIPGATE_DB_CONNECTIONS", default_value_t = 20)]
     pub db_connections: u32,

@@ -261,6 +261,7 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
                 poll_interval: config.step_poll_interval,
                 step_timeout: config.step_timeout,
             },
+            drift_interval: config.drift_interval.to_std(),
         },
     );
     let (stop, stopped) = watch::channel(false);
