@@ -1061,6 +1061,10 @@ pub struct StepDetail {
     /// What the step does.
     #[sqlx(skip)]
     pub description: String,
+    /// What the platform left behind that a person should know (Render keeps autodeploy on
+    /// after a rollback; Heroku does not restore add-ons or the database).
+    #[sqlx(skip)]
+    pub notice: Option<String>,
 }
 
 /// A gate and its recent checks.
@@ -1147,6 +1151,12 @@ pub async fn detail(pool: &PgPool, id: Uuid) -> Result<RolloutDetail, StoreError
             .cloned()
             .collect();
         for step in &mut phase_steps {
+            step.notice = step.result.as_ref().and_then(|result| {
+                ["warning", "note"]
+                    .iter()
+                    .find_map(|key| result.get(*key).and_then(Value::as_str))
+                    .map(str::to_owned)
+            });
             step.description = spec
                 .and_then(|s| s.steps.get(step.step_index as usize))
                 .map(StepSpec::describe)
