@@ -76,6 +76,11 @@ pub struct Call<'a> {
     pub headers: Vec<(String, String)>,
     /// Bearer token.
     pub bearer: Option<&'a str>,
+    /// The call creates something and the platform cannot deduplicate it: after a timeout or a
+    /// 5xx the request may have been carried out, so it is not sent again (the engine reconciles
+    /// by natural key before resubmitting). Connection failures and 429s are still retried:
+    /// those requests were never processed.
+    pub once: bool,
 }
 
 impl<'a> Call<'a> {
@@ -87,7 +92,14 @@ impl<'a> Call<'a> {
             body: None,
             headers: Vec::new(),
             bearer: None,
+            once: false,
         }
+    }
+
+    /// Marks the call as not safe to repeat (see [`Call::once`]).
+    pub fn once(mut self) -> Self {
+        self.once = true;
+        self
     }
 
     /// With a JSON body.
@@ -195,7 +207,7 @@ impl ApiClient {
                     } else {
                         format!("{platform} is unreachable")
                     };
-                    if last {
+                    if last || (call.once && !error.is_connect()) {
                         return Err(ProviderError::Transient(what));
                     }
                     tracing::debug!(platform, attempt, "{what}; retrying");
@@ -229,7 +241,7 @@ impl ApiClient {
                 continue;
             }
             if status.is_server_error() {
-                if last {
+                if last || call.once {
                     return Err(ProviderError::Transient(format!(
                         "{platform} answered HTTP {}: {message}",
                         status.as_u16()

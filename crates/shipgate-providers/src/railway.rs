@@ -387,9 +387,16 @@ impl Railway {
         variables: Value,
     ) -> Result<Value, ProviderError> {
         let body = json!({ "query": query, "variables": variables });
-        let call = Call::new(Method::POST, target.url.clone())
+        let mut call = Call::new(Method::POST, target.url.clone())
             .bearer(Some(target.token))
             .json(&body);
+        if matches!(
+            field,
+            "serviceInstanceDeployV2" | "deploymentRollback" | "deploymentRedeploy"
+        ) {
+            // These start deployments and Railway cannot deduplicate them.
+            call = call.once();
+        }
         let mut attempt = 1;
         loop {
             let answer = self.api.send(&call).await?;

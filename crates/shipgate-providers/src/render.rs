@@ -394,7 +394,7 @@ impl Render {
         let body = source.body();
         let answer = self
             .api
-            .send(&service.call(Method::POST, "/deploys").json(&body))
+            .send(&service.call(Method::POST, "/deploys").json(&body).once())
             .await?;
         if id_of(&answer.body).is_some() {
             return Ok(answer.body);
@@ -444,7 +444,7 @@ impl Render {
         let redeploy_note = match to_ref {
             Some(to_ref) => {
                 let body = json!({ "deployId": to_ref });
-                let call = service.call(Method::POST, "/rollback").json(&body);
+                let call = service.call(Method::POST, "/rollback").json(&body).once();
                 match self.api.send(&call).await {
                     Ok(answer) => {
                         let reference = id_of(&answer.body)

@@ -308,7 +308,12 @@ impl Vercel {
         );
         let body = Value::Object(body);
         let url = project.url(&["v13", "deployments"], &[("forceNew", "1")])?;
-        let answer = self.send(project, Method::POST, url, Some(&body)).await?;
+        // forceNew skips Vercel's deduplication, so a create is never repeated blind.
+        let call = Call::new(Method::POST, url)
+            .bearer(Some(project.token))
+            .json(&body)
+            .once();
+        let answer = self.api.send(&call).await?;
         let id = id_of(&answer.body).ok_or_else(|| {
             ProviderError::Transient("Vercel created a deployment but gave no id".into())
         })?;

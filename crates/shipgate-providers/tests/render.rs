@@ -264,32 +264,41 @@ async fn a_rate_limit_is_waited_out_and_a_long_one_is_handed_back() {
 }
 
 #[tokio::test]
-async fn a_500_storm_is_retried_a_bounded_number_of_times_then_reported_as_transient() {
+async fn a_500_storm_is_retried_on_reads_but_a_create_is_never_sent_twice() {
     let (fake, api) = FakeRender::start().await;
     let provider = Render::new(policy());
     let target = target(&api);
     let context = context(&target);
 
+    // Reads are retried a bounded number of times, then reported as transient.
     fake.chaos.fail(2);
-    provider
-        .submit(&context, &deploy("1.0.0", json!("a1b2c3d")), "key-1")
-        .await
-        .expect("two 500s are retried through");
-
+    provider.poll(&context, "dep-missing").await.ok();
     fake.chaos.fail(50);
     let before = fake.chaos.requests.load(Ordering::SeqCst);
-    match provider
-        .submit(&context, &deploy("1.0.0", json!("a1b2c3d")), "key-2")
-        .await
-    {
-        Err(ProviderError::Transient(message)) => {
-            assert!(message.contains("500"), "{message}");
-            assert!(message.contains("internal error"), "{message}");
-        }
+    match provider.poll(&context, "dep-missing").await {
+        Err(ProviderError::Transient(message)) => assert!(message.contains("500"), "{message}"),
         other => panic!("a storm is retryable later: {other:?}"),
     }
     let after = fake.chaos.requests.load(Ordering::SeqCst);
     assert_eq!(after - before, 3, "retries are bounded by the policy");
+
+    // A create that meets a 500 may have been carried out: it is not repeated blind (the engine
+    // asks the platform by natural key before it submits again).
+    let before = fake.chaos.requests.load(Ordering::SeqCst);
+    match provider
+        .submit(&context, &deploy("1.0.0", json!("a1b2c3d")), "key-storm")
+        .await
+    {
+        Err(ProviderError::Transient(message)) => assert!(message.contains("500"), "{message}"),
+        other => panic!("a failed create is retryable later: {other:?}"),
+    }
+    let after = fake.chaos.requests.load(Ordering::SeqCst);
+    assert_eq!(after - before, 1, "the create was sent once");
+    fake.chaos.fail(0);
+    provider
+        .submit(&context, &deploy("1.0.0", json!("a1b2c3d")), "key-after")
+        .await
+        .expect("once the platform answers again, the create goes through");
 }
 
 #[tokio::test]
