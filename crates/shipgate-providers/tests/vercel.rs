@@ -207,18 +207,10 @@ async fn a_500_storm_is_bounded_and_retryable() {
     let target = target(&base);
     let context = context(&target);
 
-    fake.chaos.fail(2);
-    provider
-        .submit(&context, &deploy("1.0.0"), "key-500")
-        .await
-        .expect("two 500s are retried through");
-
+    // Reads are retried a bounded number of times, then reported as transient.
     fake.chaos.fail(50);
     let before = fake.chaos.requests.load(Ordering::SeqCst);
-    match provider
-        .submit(&context, &deploy("1.0.0"), "key-storm")
-        .await
-    {
+    match provider.poll(&context, "dpl_missing").await {
         Err(ProviderError::Transient(message)) => {
             assert!(message.contains("500"), "{message}");
             assert!(message.contains("internal_server_error"), "{message}");
@@ -227,6 +219,28 @@ async fn a_500_storm_is_bounded_and_retryable() {
     }
     let after = fake.chaos.requests.load(Ordering::SeqCst);
     assert_eq!(after - before, 3, "retries are bounded by the policy");
+
+    // A create (forceNew skips Vercel's deduplication) is never repeated blind after a 500.
+    let before = fake.chaos.requests.load(Ordering::SeqCst);
+    match provider
+        .submit(&context, &deploy("1.0.0"), "key-storm")
+        .await
+    {
+        Err(ProviderError::Transient(message)) => assert!(message.contains("500"), "{message}"),
+        other => panic!("a failed create is retryable later: {other:?}"),
+    }
+    assert_eq!(
+        fake.chaos.requests.load(Ordering::SeqCst) - before,
+        1,
+        "sent once"
+    );
+    fake.chaos.fail(0);
+    assert_eq!(fake.deployments(), 0);
+    provider
+        .submit(&context, &deploy("1.0.0"), "key-after")
+        .await
+        .expect("once Vercel answers again, the create goes through");
+    assert_eq!(fake.deployments(), 1);
 }
 
 #[tokio::test]
