@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use shipgate_domain::decide::{decide, Decision, Timing, Transition};
 use shipgate_domain::plan::{GateSpec, NoData, StepSpec};
+use shipgate_domain::provider::ProviderKind;
 use shipgate_domain::state::Verdict;
 use shipgate_providers::probes;
 use shipgate_providers::{
@@ -554,19 +555,31 @@ impl Engine {
                     .map_err(StoreError::from)?,
                     None => None,
                 };
-                // What deployed the release we return to, here: platforms that roll back
-                // natively go back to exactly that.
+                // What last changed this component while it ran the release we return to:
+                // platforms that roll back natively go back to exactly that. Where a config
+                // change makes a new release or revision (Heroku, Cloud Run), that one counts
+                // too, or the rollback would drop flags the good release ran with.
+                let config_makes_release = loaded.targets.get(component).is_some_and(|t| {
+                    matches!(t.provider, ProviderKind::Heroku | ProviderKind::Cloudrun)
+                });
+                let kinds: &[&str] = if config_makes_release {
+                    &["deploy", "rollback", "config"]
+                } else {
+                    &["deploy", "rollback"]
+                };
                 let to_ref: Option<String> = sqlx::query_scalar(
                     "select s.provider_ref from step_runs s join rollouts r on r.id = s.rollout_id
                       where r.environment_id = $1 and r.release_id = $2 and s.component = $3
-                        and s.kind in ('deploy', 'rollback') and s.state = 'succeeded'
-                        and s.provider_ref is not null and r.id <> $4
+                        and s.kind = any($5) and s.state = 'succeeded'
+                        and s.provider_ref is not null and s.provider_ref not like '%:applied'
+                        and r.id <> $4
                       order by s.finished_at desc limit 1",
                 )
                 .bind(loaded.environment_id)
                 .bind(loaded.release.id)
                 .bind(component)
                 .bind(loaded.id)
+                .bind(kinds)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(StoreError::from)?;
