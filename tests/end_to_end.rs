@@ -201,6 +201,15 @@ async fn a_release_rolls_through_three_phases_and_an_unhealthy_one_is_rolled_bac
         .unwrap();
     assert_eq!(done["state"], "rolled_back", "{done}");
 
+    // The flag phase's config var is kept, with its history.
+    let (_, config) = server
+        .get("/api/v1/apps/shop/environments/staging/config")
+        .await
+        .unwrap();
+    assert_eq!(config["values"][0]["key"], "ENABLE_OCR", "{config}");
+    assert_eq!(config["values"][0]["value"], "true");
+    assert_eq!(config["history"][0]["new_value"], "true");
+
     // Production is untouched by all of this.
     let (_, production) = server
         .get("/api/v1/apps/shop/environments/production")

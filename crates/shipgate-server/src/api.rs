@@ -49,6 +49,10 @@ pub fn router() -> Router<AppState> {
             post(roll_back),
         )
         .route(
+            "/apps/{app}/environments/{environment}/config",
+            get(environment_config),
+        )
+        .route(
             "/apps/{app}/environments/{environment}/rollbacks",
             get(rollback_history),
         )
@@ -345,6 +349,19 @@ async fn rollback_history(
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let items = rollouts::rollbacks(&state.pool, environment.id, limit(page.limit)).await?;
     Ok(Json(json!({ "items": items })))
+}
+
+/// The config vars and flags Shipgate set in an environment, with their history.
+async fn environment_config(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path((app, environment)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Result<impl IntoResponse, ApiError> {
+    let environment = apps::environment(&state.pool, &app, &environment).await?;
+    let (values, history) =
+        rollouts::config(&state.pool, environment.id, limit(page.limit)).await?;
+    Ok(Json(json!({ "values": values, "history": history })))
 }
 
 async fn resume_auto_deploy(

@@ -1420,3 +1420,65 @@ pub async fn resume_auto_deploy(
     tx.commit().await?;
     Ok(())
 }
+
+/// A config var or flag Shipgate set in an environment.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ConfigEntry {
+    /// Component.
+    pub component: String,
+    /// Variable.
+    pub key: String,
+    /// Value (`None`: unset).
+    pub value: Option<String>,
+    /// When.
+    pub updated_at: DateTime<Utc>,
+    /// Who (the engine replica that applied the step).
+    pub updated_by: String,
+    /// The rollout that set it.
+    pub rollout_id: Option<Uuid>,
+}
+
+/// One change of a config var, newest first.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ConfigChange {
+    /// Component.
+    pub component: String,
+    /// Variable.
+    pub key: String,
+    /// Value before.
+    pub old_value: Option<String>,
+    /// Value after.
+    pub new_value: Option<String>,
+    /// When.
+    pub changed_at: DateTime<Utc>,
+    /// Who.
+    pub changed_by: String,
+    /// The rollout that changed it.
+    pub rollout_id: Option<Uuid>,
+}
+
+/// The config vars and flags of an environment, and their recent history.
+pub async fn config(
+    pool: &PgPool,
+    environment_id: Uuid,
+    history_limit: i64,
+) -> Result<(Vec<ConfigEntry>, Vec<ConfigChange>), StoreError> {
+    let values = sqlx::query_as::<_, ConfigEntry>(
+        "select c.name as component, v.key, v.value, v.updated_at, v.updated_by, v.rollout_id
+           from config_values v join components c on c.id = v.component_id
+          where v.environment_id = $1 order by c.position, v.key",
+    )
+    .bind(environment_id)
+    .fetch_all(pool)
+    .await?;
+    let history = sqlx::query_as::<_, ConfigChange>(
+        "select c.name as component, h.key, h.old_value, h.new_value, h.changed_at, h.changed_by, h.rollout_id
+           from config_history h join components c on c.id = h.component_id
+          where h.environment_id = $1 order by h.id desc limit $2",
+    )
+    .bind(environment_id)
+    .bind(history_limit)
+    .fetch_all(pool)
+    .await?;
+    Ok((values, history))
+}
