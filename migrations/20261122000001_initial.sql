@@ -210,6 +210,7 @@ create table live_components (
     observed_ref    text,
     observed_version text,
     observed_at     timestamptz,
+    drifted         boolean not null default false,
     primary key (environment_id, component_id)
 );
 

@@ -1070,6 +1070,30 @@ async fn drift_is_noticed_when_the_platform_serves_something_else() {
         .collect();
     assert_eq!(drift.len(), 1, "one event per change, not per check");
     assert_eq!(drift[0]["details"]["component"], "api");
+
+    // Platforms that report the artifact (a commit, an image) rather than a version are
+    // compared with the release's artifact: serving it again is not drift.
+    sqlx::query(
+        "insert into simulated_operations (id, target, natural_key, kind, version, request, outcome, ready_at, issued_by)
+         values (gen_random_uuid(), 'shop/staging/api', 'outside-2', 'deploy', 'registry.example/shop/api:1.0.0', '{}', 'succeeded', now(), 'a person')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "drift to clear", || async {
+        let (_, status) = server.get("/api/v1/apps/shop/environments/staging").await?;
+        let api = status["live"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "api")
+            .cloned();
+        Ok(api.filter(|api| {
+            api["drifted"] == false && api["observed_version"] == "registry.example/shop/api:1.0.0"
+        }))
+    })
+    .await
+    .unwrap();
     drop(server);
     db.drop_database().await.unwrap();
 }

@@ -688,7 +688,9 @@ impl<'a> Fenced<'a> {
                          select $1, c.id, $3, $4, $5, now() from components c where c.app_id = $2 and c.name = $6
                          on conflict (environment_id, component_id) do update
                             set release_id = excluded.release_id, rollout_id = excluded.rollout_id,
-                                provider_ref = excluded.provider_ref, since = excluded.since",
+                                provider_ref = excluded.provider_ref, since = excluded.since,
+                                observed_ref = null, observed_version = null, observed_at = null,
+                                drifted = false",
                     )
                     .bind(self.loaded.environment_id)
                     .bind(self.loaded.app_id)
@@ -932,6 +934,9 @@ pub struct DriftCandidate {
     pub component: String,
     /// The release Shipgate put there.
     pub release: String,
+    /// That release's artifact for the component, as text (platforms that report a commit or an
+    /// image rather than a version are compared with it).
+    pub artifact: Option<String>,
     /// The target as configured now.
     pub target: TargetSpec,
 }
@@ -941,7 +946,10 @@ pub struct DriftCandidate {
 pub async fn drift_candidates(pool: &PgPool) -> Result<Vec<DriftCandidate>, StoreError> {
     let rows = sqlx::query(
         "select l.environment_id, l.component_id, a.id as app_id, a.name as app, e.name as environment,
-                c.name as component, r.version as release, t.provider, t.settings, t.credential_name, t.health
+                c.name as component, r.version as release,
+                case jsonb_typeof(r.artifacts -> c.name) when 'string' then r.artifacts ->> c.name
+                     else (r.artifacts -> c.name)::text end as artifact,
+                t.provider, t.settings, t.credential_name, t.health
            from live_components l
            join environments e on e.id = l.environment_id and e.retired_at is null
            join apps a on a.id = e.app_id
@@ -966,6 +974,7 @@ pub async fn drift_candidates(pool: &PgPool) -> Result<Vec<DriftCandidate>, Stor
                 environment: row.get("environment"),
                 component: row.get("component"),
                 release: row.get("release"),
+                artifact: row.get("artifact"),
                 target: TargetSpec {
                     provider: provider.parse().map_err(StoreError::Corrupt)?,
                     settings: settings.as_object().cloned().unwrap_or_default(),
@@ -998,17 +1007,20 @@ pub async fn record_observation(
     let Some(previous) = previous else {
         return Ok(false);
     };
+    let drifted = observed_version.is_some_and(|version| {
+        version != candidate.release && Some(version) != candidate.artifact.as_deref()
+    });
     sqlx::query(
-        "update live_components set observed_ref = $3, observed_version = $4, observed_at = now()
+        "update live_components set observed_ref = $3, observed_version = $4, observed_at = now(), drifted = $5
           where environment_id = $1 and component_id = $2",
     )
     .bind(candidate.environment_id)
     .bind(candidate.component_id)
     .bind(observed_ref)
     .bind(observed_version)
+    .bind(drifted)
     .execute(&mut *tx)
     .await?;
-    let drifted = observed_version.is_some_and(|version| version != candidate.release);
     if drifted && previous.as_deref() != observed_version {
         events::record(
             &mut *tx,

@@ -1381,7 +1381,7 @@ pub async fn live_components(
     Ok(sqlx::query_as::<_, LiveComponent>(
         "select c.name as component, r.version as release, l.provider_ref, l.since,
                 l.observed_version, l.observed_at,
-                coalesce(l.observed_version <> r.version, false) as drifted
+                l.drifted
            from live_components l
            join components c on c.id = l.component_id
            join releases r on r.id = l.release_id
