@@ -24,6 +24,9 @@ COPY crates ./crates
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
+# The demo embeds examples/demo.yaml; the binary crate declares the end-to-end tests in tests/.
+COPY examples ./examples
+COPY tests ./tests
 
 # The cache mounts keep the crates.io registry and target/ between builds
 # (BuildKit); the binary is copied out of the cached target/ in the same step.
