@@ -1097,3 +1097,70 @@ async fn drift_is_noticed_when_the_platform_serves_something_else() {
     drop(server);
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_platform_is_backed_off_and_the_rollout_recovers_when_it_answers() {
+    use shipgate_testkit::fakes::generic::FakeDeployEndpoint;
+    let (fake, base) = FakeDeployEndpoint::start().await;
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let config = format!(
+        r#"
+app: hooks
+components: [api]
+environments:
+  - name: production
+    targets:
+      api: {{ provider: http, deploy_url: "{base}/deploy", status_url: "{base}/status/{{id}}" }}
+    plan:
+      - {{ name: all, deploy: [api] }}
+"#
+    );
+    let (status, body) = server.apply("hooks", &config).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    fake.chaos.fail(10_000);
+    let (_, created) = server
+        .post(
+            "/api/v1/apps/hooks/releases",
+            &json!({ "version": "1.0.0", "artifacts": { "api": "image:1" } }),
+        )
+        .await
+        .unwrap();
+    assert!(created["id"].is_string(), "{created}");
+    let (_, rollout) = server
+        .post(
+            "/api/v1/apps/hooks/environments/production/rollouts",
+            &json!({ "release": "1.0.0" }),
+        )
+        .await
+        .unwrap();
+    let id = rollout["id"].as_str().unwrap().to_owned();
+
+    // One call's bounded retries, then the engine waits before trying again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = fake
+        .chaos
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&calls),
+        "one attempt's retries, then a backoff: {calls} requests"
+    );
+    let (_, waiting) = server.get(&format!("/api/v1/rollouts/{id}")).await.unwrap();
+    assert_eq!(waiting["state"], "in_progress");
+    assert_eq!(
+        waiting["phases"][0]["steps"][0]["state"], "pending",
+        "{waiting}"
+    );
+
+    // The platform recovers: the rollout finishes, with exactly one operation started there.
+    fake.chaos.fail(0);
+    let done = server
+        .wait_finished(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(fake.operations(), 1);
+    drop(server);
+    db.drop_database().await.unwrap();
+}

@@ -312,8 +312,16 @@ impl Engine {
             Err(EngineError::Backoff { message, wait }) => {
                 debug!(rollout.id = %id, %message, "backing off");
                 let wake_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at)
-                    .await
+                // Our own writes in this tick (the step's intent) changed the version; compare
+                // with the current one so the backoff is not mistaken for someone's wake-up.
+                // People's actions take effect without the engine, so none is lost meanwhile.
+                match shipgate_store::rollouts::version(&self.pool, id).await {
+                    Ok((version, _)) => {
+                        store::release_lease(&self.pool, id, &self.config.replica, version, wake_at)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                }
             }
             Err(EngineError::Store(StoreError::Fenced)) => Ok(()),
             Err(error) => {
@@ -345,14 +353,26 @@ impl Engine {
         if loaded.view.state.is_terminal() {
             return;
         }
+        let reason = format!("the engine failed 10 times in a row: {reason}");
+        if loaded.view.state == shipgate_domain::state::RolloutState::Queued {
+            // A queued rollout cannot fail; it is cancelled with the reason.
+            let actor = shipgate_store::Actor::engine(&self.config.replica);
+            let cancelled = shipgate_store::rollouts::act(
+                &self.pool,
+                id,
+                shipgate_store::rollouts::Action::Cancel,
+                &actor,
+                Some(&reason),
+            )
+            .await;
+            if let Err(error) = cancelled {
+                warn!(rollout.id = %id, %error, "could not cancel the rollout");
+            }
+            return;
+        }
         let fenced = Fenced::begin(&self.pool, &loaded, &self.config.replica).await;
         if let Ok(fenced) = fenced {
-            let failed = fenced
-                .fail(
-                    None,
-                    &format!("the engine failed 10 times in a row: {reason}"),
-                )
-                .await;
+            let failed = fenced.fail(None, &reason).await;
             if let Err(error) = failed {
                 warn!(rollout.id = %id, %error, "could not mark the rollout failed");
             }
