@@ -347,8 +347,11 @@ fn decide_running(view: &RolloutView, now: DateTime<Utc>, timing: Timing) -> Dec
                         };
                     }
                     StepState::Failed => {
+                        // Strictly later: a retry asked for at the instant an attempt failed
+                        // cannot have seen that failure, and retrying on it would resubmit
+                        // every attempt that fails within the same instant, without end.
                         let retried = match (phase.retry_requested_at, step.finished_at) {
-                            (Some(retry), Some(finished)) => retry >= finished,
+                            (Some(retry), Some(finished)) => retry > finished,
                             (Some(_), None) => true,
                             _ => false,
                         };

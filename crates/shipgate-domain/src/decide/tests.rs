@@ -578,6 +578,8 @@ impl Model {
 
     /// A person resumes (retrying), approves, or gives up; after a few resumes they cancel.
     fn person_acts(&mut self) {
+        // People take a moment to act on what they see.
+        self.now += chrono::Duration::seconds(1);
         let choice = self.draw() % 4;
         let index = current_phase(&self.rollout);
         // Waiting for approvals in a running phase: approve or reject.
