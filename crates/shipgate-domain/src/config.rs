@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::duration::Span;
+use crate::pattern::glob_matches;
 use crate::plan::{
     GateSpec, HealthGate, NoData, OnFailure, PhaseSpec, Plan, PrometheusGate, StepSpec, WebhookGate,
 };
@@ -274,6 +275,62 @@ pub struct AutoDeploy {
     /// Whether tag pushes deploy too.
     #[serde(default)]
     pub tags: bool,
+}
+
+/// What a push updated, as an auto-deploy rule sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushedRef<'a> {
+    /// A branch (`main`, without `refs/heads/`).
+    Branch(&'a str),
+    /// A tag (`v1.4.0`, without `refs/tags/`).
+    Tag(&'a str),
+}
+
+impl AutoDeploy {
+    /// Whether a push deploys to the environment under this rule; `Err` says why not.
+    ///
+    /// Branch pushes match the `branch` glob (`*` is any run of characters, `/` included). With
+    /// `paths`, at least one changed file must match one of those globs; `changed` is `None`
+    /// when the push does not list every changed file (a truncated commit list), and then the
+    /// path filter cannot rule the push out, so it deploys. Tag pushes deploy only with
+    /// `tags: true`; the branch glob and path filters do not apply to them.
+    pub fn admits(&self, pushed: PushedRef<'_>, changed: Option<&[String]>) -> Result<(), String> {
+        match pushed {
+            PushedRef::Tag(tag) => {
+                if self.tags {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "tag `{tag}` does not deploy here (auto_deploy.tags is off)"
+                    ))
+                }
+            }
+            PushedRef::Branch(branch) => {
+                if !glob_matches(&self.branch, branch) {
+                    return Err(format!(
+                        "branch `{branch}` does not match auto_deploy.branch `{}`",
+                        self.branch
+                    ));
+                }
+                match changed {
+                    Some(files) if !self.paths.is_empty() => {
+                        let touched = files.iter().any(|file| {
+                            self.paths.iter().any(|pattern| glob_matches(pattern, file))
+                        });
+                        if touched {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "no changed file matches auto_deploy.paths [{}]",
+                                self.paths.join(", ")
+                            ))
+                        }
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Approvals a rollout needs before it starts.
@@ -1333,6 +1390,40 @@ environments:
             &|_| None
         )
         .is_ok());
+    }
+
+    #[test]
+    fn auto_deploy_matches_branch_globs_paths_and_tags() {
+        let rule = AutoDeploy {
+            branch: "release/*".into(),
+            paths: vec!["api/*".into(), "Cargo.lock".into()],
+            tags: false,
+        };
+        let files = |list: &[&str]| list.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        let api = files(&["api/src/main.rs"]);
+        let docs = files(&["docs/index.md"]);
+        assert_eq!(
+            rule.admits(PushedRef::Branch("release/1.4"), Some(&api)),
+            Ok(())
+        );
+        assert!(rule
+            .admits(PushedRef::Branch("release/1.4"), Some(&docs))
+            .unwrap_err()
+            .contains("auto_deploy.paths"));
+        // Without a full file list the path filter cannot rule a push out.
+        assert_eq!(rule.admits(PushedRef::Branch("release/1.4"), None), Ok(()));
+        assert!(rule
+            .admits(PushedRef::Branch("main"), Some(&api))
+            .unwrap_err()
+            .contains("does not match"));
+        assert!(rule.admits(PushedRef::Tag("v1.4.0"), None).is_err());
+        let tags = AutoDeploy {
+            branch: "main".into(),
+            paths: Vec::new(),
+            tags: true,
+        };
+        assert_eq!(tags.admits(PushedRef::Tag("v1.4.0"), Some(&docs)), Ok(()));
+        assert_eq!(tags.admits(PushedRef::Branch("main"), Some(&docs)), Ok(()));
     }
 
     #[test]
