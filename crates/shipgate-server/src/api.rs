@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -17,13 +18,14 @@ use uuid::Uuid;
 use shipgate_domain::config;
 use shipgate_domain::state::RolloutKind;
 use shipgate_domain::Span;
+use shipgate_store::apps;
 use shipgate_store::events::{self, EventFilter};
 use shipgate_store::releases::{self, Created, NewRelease};
 use shipgate_store::rollouts::{self, Action, NewRollout, RollbackRequest};
-use shipgate_store::{apps, Actor};
 
+use crate::auth::{Caller, Scope, Target};
 use crate::error::ApiError;
-use crate::extract::{parse_json, Admin, ApiJson};
+use crate::extract::{parse_json, ApiJson};
 use crate::AppState;
 
 /// The `/api/v1` routes.
@@ -62,6 +64,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/rollouts", get(list_rollouts))
         .route("/rollouts/{id}", get(get_rollout))
+        .route("/rollouts/{id}/events", get(rollout_events))
         .route("/rollouts/{id}/{action}", post(act_on_rollout))
         .route("/events", get(list_events))
         .fallback(|| async {
@@ -78,12 +81,14 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// server never reads its own environment into a config (that would leak its secrets), so
 /// `shipgate apply` resolves them where it runs and an unresolved one is refused, naming its field.
 async fn apply_app(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Admin, Target::WholeApp(&app))?;
+    let actor = caller.actor;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -139,10 +144,17 @@ async fn apply_app(
 }
 
 async fn list_apps(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let apps = apps::list(&state.pool).await?;
+    caller.require(
+        Scope::Read,
+        caller.app_limit().map_or(Target::Global, Target::App),
+    )?;
+    let mut apps = apps::list(&state.pool).await?;
+    if let Some(limit) = caller.app_limit() {
+        apps.retain(|app| app.name == limit);
+    }
     Ok(Json(json!({ "items": apps.iter().map(|a| json!({
         "name": a.name, "repository": a.spec.repository, "components": a.spec.components,
         "environments": a.spec.environments.iter().map(|e| &e.name).collect::<Vec<_>>(),
@@ -151,20 +163,23 @@ async fn list_apps(
 }
 
 async fn get_app(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     Ok(Json(app))
 }
 
 async fn create_release(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
     ApiJson(release): ApiJson<NewRelease>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Deploy, Target::App(&app))?;
+    let actor = caller.actor;
     let app = apps::get(&state.pool, &app).await?;
     releases::check(&release, &app.spec.components)
         .map_err(|(field, message)| ApiError::field(field, message))?;
@@ -190,11 +205,12 @@ fn limit(requested: Option<i64>) -> i64 {
 }
 
 async fn list_releases(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     let limit = limit(page.limit);
     let items = releases::list(&state.pool, app.id, page.before, limit).await?;
@@ -205,10 +221,11 @@ async fn list_releases(
 }
 
 async fn get_release(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     Ok(Json(
         releases::by_version(&state.pool, app.id, &version).await?,
@@ -216,10 +233,11 @@ async fn get_release(
 }
 
 async fn environment_status(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let live = rollouts::live_components(&state.pool, environment.id).await?;
     let recent = rollouts::recent(&state.pool, Some(&app), Some(&environment.name), 10).await?;
@@ -263,11 +281,13 @@ struct StartRollout {
 }
 
 async fn start_rollout(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     ApiJson(body): ApiJson<StartRollout>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Deploy, Target::Environment(&app, &environment))?;
+    let actor = caller.actor;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let release = releases::by_version(&state.pool, environment.app_id, &body.release)
         .await
@@ -312,11 +332,13 @@ struct Rollback {
 }
 
 async fn roll_back(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Deploy, Target::Environment(&app, &environment))?;
+    let actor = caller.actor;
     if body.reason.trim().is_empty() {
         return Err(ApiError::field("reason", "say why you are rolling back"));
     }
@@ -341,11 +363,12 @@ async fn roll_back(
 }
 
 async fn rollback_history(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let items = rollouts::rollbacks(&state.pool, environment.id, limit(page.limit)).await?;
     Ok(Json(json!({ "items": items })))
@@ -353,11 +376,12 @@ async fn rollback_history(
 
 /// The config vars and flags Shipgate set in an environment, with their history.
 async fn environment_config(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let (values, history) =
         rollouts::config(&state.pool, environment.id, limit(page.limit)).await?;
@@ -365,10 +389,12 @@ async fn environment_config(
 }
 
 async fn resume_auto_deploy(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Deploy, Target::Environment(&app, &environment))?;
+    let actor = caller.actor;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     rollouts::resume_auto_deploy(&state.pool, &environment, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -386,17 +412,21 @@ struct RolloutFilter {
 }
 
 async fn list_rollouts(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Query(filter): Query<RolloutFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let items = rollouts::recent(
-        &state.pool,
-        filter.app.as_deref(),
-        filter.environment.as_deref(),
-        limit(filter.limit),
-    )
-    .await?;
+    // A limited token lists what it may see: its app (and environment) unless it asks for less.
+    let app = filter.app.as_deref().or(caller.app_limit());
+    let environment = filter.environment.as_deref().or(caller.environment_limit());
+    match (app, environment) {
+        (Some(app), Some(environment)) => {
+            caller.require(Scope::Read, Target::Environment(app, environment))?
+        }
+        (Some(app), None) => caller.require(Scope::Read, Target::WholeApp(app))?,
+        (None, _) => caller.require(Scope::Read, Target::Global)?,
+    }
+    let items = rollouts::recent(&state.pool, app, environment, limit(filter.limit)).await?;
     Ok(Json(json!({ "items": items })))
 }
 
@@ -413,12 +443,20 @@ struct Wait {
 /// Reads a rollout. With `?wait=60s` it long-polls: it answers when the rollout changes (or
 /// already differs from `since`), ends, or the wait runs out, whichever comes first.
 async fn get_rollout(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<Wait>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
+    let detail = rollouts::detail(&state.pool, id).await?;
+    caller.require(
+        Scope::Read,
+        Target::Environment(&detail.app, &detail.environment),
+    )?;
+    if query.wait.is_none() {
+        return Ok(Json(detail));
+    }
     if let Some(wait) = &query.wait {
         let wait: Span =
             wait.parse()
@@ -450,6 +488,87 @@ async fn get_rollout(
     Ok(Json(rollouts::detail(&state.pool, id).await?))
 }
 
+/// Streams a rollout as server-sent events: `rollout` (the whole rollout, as `GET` answers it)
+/// now and on every change, then one `verdict` (`{"outcome", "reason", "rollback"}`) when it
+/// ends, and the stream closes. Changes arrive through NOTIFY, so a change made by any replica
+/// is seen; a re-read every few seconds covers a missed notification.
+async fn rollout_events(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let id = parse_id(&id)?;
+    let first = rollouts::detail(&state.pool, id).await?;
+    caller.require(
+        Scope::Read,
+        Target::Environment(&first.app, &first.environment),
+    )?;
+    let mut updates = state.updates.subscribe();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(16);
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        let mut last_version = None;
+        loop {
+            let detail = match next.take() {
+                Some(detail) => detail,
+                None => match rollouts::detail(&pool, id).await {
+                    Ok(detail) => detail,
+                    Err(error) => {
+                        tracing::warn!(%error, rollout = %id, "event stream could not read the rollout");
+                        let _ = sender
+                            .send(
+                                Event::default()
+                                    .event("error")
+                                    .data("the rollout could not be read; reconnect"),
+                            )
+                            .await;
+                        return;
+                    }
+                },
+            };
+            if last_version != Some(detail.version) {
+                last_version = Some(detail.version);
+                let event = Event::default()
+                    .event("rollout")
+                    .id(detail.version.to_string())
+                    .json_data(&detail)
+                    .expect("a rollout serializes");
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+                if let Some(verdict) = &detail.verdict {
+                    let event = Event::default()
+                        .event("verdict")
+                        .json_data(verdict)
+                        .expect("a verdict serializes");
+                    let _ = sender.send(event).await;
+                    return;
+                }
+            }
+            let recheck = tokio::time::sleep(Duration::from_secs(5));
+            tokio::pin!(recheck);
+            loop {
+                tokio::select! {
+                    changed = updates.recv() => match changed {
+                        Ok(changed) if changed != id => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => (&mut recheck).await,
+                    },
+                    () = &mut recheck => break,
+                    () = sender.closed() => return,
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
@@ -458,13 +577,21 @@ struct ActionBody {
 }
 
 async fn act_on_rollout(
-    Admin(actor): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
+    let target = rollouts::detail(&state.pool, id).await?;
+    let needs = match action.as_str() {
+        "approve" | "reject" | "skip-gate" => Scope::Approve,
+        _ => Scope::Deploy,
+    };
+    caller.require(needs, Target::Environment(&target.app, &target.environment))?;
+    let self_approval_allowed = caller.has(Scope::Admin);
+    let actor = caller.actor;
     let body: ActionBody = if body.is_empty() {
         ActionBody::default()
     } else {
@@ -486,9 +613,16 @@ async fn act_on_rollout(
             if !approve && comment.is_none_or(|c| c.trim().is_empty()) {
                 return Err(ApiError::field("comment", "say why you reject it"));
             }
-            // The bootstrap admin may approve its own rollouts; per-user rules come with users.
-            rollouts::decide_approval(&state.pool, id, approve, &actor, comment, is_admin(&actor))
-                .await?;
+            // Admins may approve their own rollouts; others follow the environment's policy.
+            rollouts::decide_approval(
+                &state.pool,
+                id,
+                approve,
+                &actor,
+                comment,
+                self_approval_allowed,
+            )
+            .await?;
         }
         name => {
             let action = match name {
@@ -509,10 +643,6 @@ async fn act_on_rollout(
     Ok(Json(rollouts::detail(&state.pool, id).await?))
 }
 
-fn is_admin(actor: &Actor) -> bool {
-    actor.kind == "token" && actor.name == "admin"
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventQuery {
@@ -529,10 +659,17 @@ struct EventQuery {
 }
 
 async fn list_events(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
-    Query(query): Query<EventQuery>,
+    Query(mut query): Query<EventQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if query.app.is_none() {
+        query.app = caller.app_limit().map(str::to_owned);
+    }
+    match query.app.as_deref() {
+        Some(app) => caller.require(Scope::Read, Target::App(app))?,
+        None => caller.require(Scope::Read, Target::Global)?,
+    }
     let limit = limit(query.limit);
     let items = events::list(
         &state.pool,

@@ -12,13 +12,14 @@ use base64::Engine as _;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use shipgate_store::rollouts::{self, RolloutDetail, RolloutSummary};
-use shipgate_store::{apps, releases};
+use shipgate_store::{apps, releases, Actor};
 
+use crate::auth::{authenticate, verify_password, Caller, Role, Scope};
 use crate::error::ApiError;
 use crate::extract::token_matches;
 use crate::AppState;
@@ -46,25 +47,116 @@ async fn stylesheet() -> impl IntoResponse {
     )
 }
 
-fn session_key(state: &AppState) -> Vec<u8> {
-    Sha256::digest(format!("shipgate-session:{}", state.admin_token).as_bytes()).to_vec()
+fn csrf_key(state: &AppState) -> [u8; 32] {
+    state.secrets.derive("dashboard/csrf/v1")[0].1
 }
 
 fn sign(state: &AppState, message: &str) -> String {
     let mut mac =
-        Hmac::<Sha256>::new_from_slice(&session_key(state)).expect("HMAC takes any key length");
+        Hmac::<Sha256>::new_from_slice(&csrf_key(state)).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
 
-fn session_value(state: &AppState, expires: i64) -> String {
-    format!("{expires}.{}", sign(state, &format!("session:{expires}")))
+fn cookie_value(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
-/// A signed-in person (the session cookie is valid and unexpired).
+/// A signed-in person: the session cookie is a session JWT, unexpired, whose subject still
+/// exists and is enabled (checked on every request, so disabling a user or revoking a token
+/// ends their sessions at once).
 pub struct Session {
+    /// Who, for the audit log.
+    pub caller: Caller,
+    /// Their role.
+    pub role: Role,
     /// The CSRF token forms must carry.
     pub csrf: String,
+}
+
+impl Session {
+    /// Refuses a form whose CSRF token is not this session's.
+    pub fn check_csrf(&self, presented: &str) -> Result<(), StaleForm> {
+        if bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(StaleForm)
+        }
+    }
+}
+
+/// A form whose CSRF token is not the session's (403).
+#[derive(Debug)]
+pub struct StaleForm;
+
+impl IntoResponse for StaleForm {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, "the form is stale; reload the page").into_response()
+    }
+}
+
+/// The role an API token's scopes amount to on the dashboard.
+fn role_of(caller: &Caller) -> Role {
+    if caller.has(Scope::Admin) {
+        Role::Admin
+    } else if caller.has(Scope::Approve) {
+        Role::Approver
+    } else if caller.has(Scope::Deploy) {
+        Role::Deployer
+    } else {
+        Role::Viewer
+    }
+}
+
+async fn session_of(state: &AppState, value: &str) -> Option<Session> {
+    let claims = state.keys.session.verify(value).ok()?;
+    let csrf = sign(state, &format!("csrf:{}", claims.jti));
+    if let Some(id) = claims.sub.strip_prefix("user:") {
+        let user = shipgate_store::auth::user_by_id(&state.pool, id.parse().ok()?)
+            .await
+            .ok()??;
+        if user.disabled_at.is_some() {
+            return None;
+        }
+        let role: Role = user.role.parse().ok()?;
+        let caller = Caller {
+            actor: Actor::user(&user.username),
+            scopes: role.scopes(),
+            app: None,
+            environment: None,
+        };
+        return Some(Session { caller, role, csrf });
+    }
+    // Signed in with an API token: the token must still be live.
+    let token = claims.sub.strip_prefix("token:")?;
+    let caller = if token == "admin" {
+        state.admin_token.as_ref()?;
+        Caller::bootstrap_admin()
+    } else {
+        let stored = shipgate_store::auth::live_token(&state.pool, token.parse().ok()?)
+            .await
+            .ok()??;
+        Caller {
+            actor: Actor::token(&stored.name),
+            scopes: stored
+                .scopes
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            app: stored.app,
+            environment: stored.environment,
+        }
+    };
+    let role = role_of(&caller);
+    Some(Session { caller, role, csrf })
 }
 
 impl FromRequestParts<AppState> for Session {
@@ -74,26 +166,12 @@ impl FromRequestParts<AppState> for Session {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let cookie = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)
-            .map(|(_, value)| value.to_owned());
-        let valid = cookie.as_deref().and_then(|value| {
-            let (expires, _) = value.split_once('.')?;
-            let expires: i64 = expires.parse().ok()?;
-            let expected = session_value(state, expires);
-            let genuine: bool = expected.as_bytes().ct_eq(value.as_bytes()).into();
-            (genuine && expires > Utc::now().timestamp()).then(|| value.to_owned())
-        });
-        match valid {
-            Some(value) => Ok(Session {
-                csrf: sign(state, &format!("csrf:{value}")),
-            }),
+        let value = cookie_value(parts);
+        match value {
+            Some(value) => match session_of(state, &value).await {
+                Some(session) => Ok(session),
+                None => Err(Redirect::to("/login").into_response()),
+            },
             None => Err(Redirect::to("/login").into_response()),
         }
     }
@@ -118,20 +196,63 @@ async fn login_page() -> Result<Html<String>, ApiError> {
 
 #[derive(Deserialize)]
 struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
     token: String,
 }
 
+fn refuse_login(message: &str) -> Response {
+    let page = render(&LoginPage {
+        error: Some(message.into()),
+    });
+    (StatusCode::UNAUTHORIZED, page).into_response()
+}
+
+/// Signs in with a user name and password, or with an API token (the bootstrap admin token or
+/// a JWT). The session cookie is a session JWT: HttpOnly, SameSite=Strict, 12 hours.
 async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
-    if !token_matches(form.token.trim(), &state.admin_token) {
-        let page = render(&LoginPage {
-            error: Some("That token is not valid.".into()),
-        });
-        return (StatusCode::UNAUTHORIZED, page).into_response();
-    }
-    let expires = Utc::now().timestamp() + SESSION_HOURS * 3600;
+    let subject = if !form.username.trim().is_empty() {
+        let user = shipgate_store::auth::user_by_name(&state.pool, form.username.trim())
+            .await
+            .ok()
+            .flatten()
+            .filter(|user| user.disabled_at.is_none());
+        let matches = verify_password(
+            form.password.clone(),
+            user.as_ref().map(|user| user.password_hash.clone()),
+        )
+        .await;
+        match user {
+            Some(user) if matches => format!("user:{}", user.id),
+            _ => return refuse_login("That user name and password do not match."),
+        }
+    } else if !form.token.trim().is_empty() {
+        let token = form.token.trim();
+        let is_admin = state
+            .admin_token
+            .as_deref()
+            .is_some_and(|admin| token_matches(token, admin));
+        if is_admin {
+            "token:admin".to_owned()
+        } else {
+            match authenticate(&state, token).await {
+                Ok(_) => match state.keys.api.verify(token) {
+                    Ok(claims) => format!("token:{}", claims.jti),
+                    Err(_) => return refuse_login("That token is not valid."),
+                },
+                Err(_) => return refuse_login("That token is not valid."),
+            }
+        }
+    } else {
+        return refuse_login("Give a user name and password, or a token.");
+    };
+    let expires = Utc::now() + chrono::Duration::hours(SESSION_HOURS);
+    let value = state.keys.session.sign(&subject, Uuid::new_v4(), expires);
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        session_value(&state, expires),
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_HOURS * 3600
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
@@ -143,8 +264,8 @@ struct CsrfForm {
 }
 
 async fn logout(session: Session, Form(form): Form<CsrfForm>) -> Response {
-    if !bool::from(session.csrf.as_bytes().ct_eq(form.csrf.as_bytes())) {
-        return (StatusCode::FORBIDDEN, "the form is stale; reload the page").into_response();
+    if let Err(refused) = session.check_csrf(&form.csrf) {
+        return refused.into_response();
     }
     let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
@@ -188,7 +309,12 @@ async fn overview(
     let pool = &state.pool;
     let mut app_rows = Vec::new();
     let mut rollbacks = Vec::new();
-    for app in apps::list(pool).await? {
+    let limit = session.caller.app_limit().map(str::to_owned);
+    for app in apps::list(pool)
+        .await?
+        .into_iter()
+        .filter(|app| limit.as_deref().is_none_or(|limit| app.name == limit))
+    {
         let mut environments = Vec::new();
         for spec in &app.spec.environments {
             let environment = apps::environment(pool, &app.name, &spec.name).await?;
@@ -241,7 +367,7 @@ async fn overview(
     }
     rollbacks.sort_by_key(|entry| std::cmp::Reverse(entry.2.requested_at));
     rollbacks.truncate(10);
-    let recent = rollouts::recent(pool, None, None, 25).await?;
+    let recent = rollouts::recent(pool, limit.as_deref(), None, 25).await?;
     let ids: Vec<Uuid> = recent.iter().map(|r| r.id).collect();
     let phase_rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "select rollout_id, name, state::text from phases where rollout_id = any($1) order by rollout_id, position",
@@ -294,6 +420,10 @@ async fn rollout_page(
         .parse()
         .map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))?;
     let rollout = rollouts::detail(&state.pool, id).await?;
+    session.caller.require(
+        Scope::Read,
+        crate::auth::Target::Environment(&rollout.app, &rollout.environment),
+    )?;
     let live = !rollout.finished;
     render(&RolloutPage {
         rollout,

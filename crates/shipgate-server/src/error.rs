@@ -12,9 +12,20 @@ use shipgate_store::StoreError;
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: no or bad credentials.
-    #[error("authentication required")]
-    Unauthorized,
+    /// 401: no or bad credentials (the message says which).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed to do this here.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429: too many requests; try again after `retry_after` seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What was limited.
+        detail: String,
+        /// Seconds until a request will be accepted.
+        retry_after: u64,
+    },
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -69,7 +80,11 @@ struct Problem<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, title) = match &self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Unprocessable { .. } => {
@@ -88,6 +103,10 @@ impl IntoResponse for ApiError {
                 "something went wrong on our side; it has been logged".to_owned()
             }
             other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            _ => None,
         };
         let errors = match self {
             ApiError::Unprocessable { errors, .. } => errors,
@@ -110,6 +129,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"shipgate\""),
             );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

@@ -1,16 +1,13 @@
 //! Request extractors with problem+json rejections: JSON bodies whose errors name the field at
-//! fault, and bearer-token authentication.
+//! fault. (Authentication is in [`crate::auth`].)
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, request::Parts};
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use shipgate_store::Actor;
-
 use crate::error::ApiError;
-use crate::AppState;
 
 /// A JSON body; a malformed one is a 400, a wrong field a 422 naming it.
 pub struct ApiJson<T>(pub T);
@@ -60,32 +57,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::field(field, message)
         }
     })
-}
-
-/// An authenticated caller. Until users and scoped tokens exist, the bootstrap admin token
-/// (`SHIPGATE_ADMIN_TOKEN`) is the only credential; it is compared in constant time.
-pub struct Admin(pub Actor);
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(token) if token_matches(token, &state.admin_token) => {
-                Ok(Admin(Actor::token("admin")))
-            }
-            _ => Err(ApiError::Unauthorized),
-        }
-    }
 }
 
 /// Constant-time comparison of a presented token with the expected one.

@@ -1,10 +1,15 @@
 //! Shipgate's HTTP surface: the JSON API for CI (`/api/v1`), operations endpoints
 //! (`/healthz`, `/readyz`, `/metrics`) and the server-rendered dashboard (`/`).
 
+pub mod access;
 pub mod api;
+pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod hooks;
+pub mod idempotency;
+pub mod limits;
 pub mod ops;
 
 use std::sync::Arc;
@@ -27,6 +32,26 @@ use shipgate_store::UPDATES_CHANNEL;
 /// Largest request body accepted (config documents are the largest bodies).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Settings of the HTTP surface (from the process configuration).
+#[derive(Clone, Debug, Default)]
+pub struct HttpSettings {
+    /// Request rate limits.
+    pub rate_limits: limits::RateLimits,
+    /// Origins allowed to call the API from a browser (CORS); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// Whether `/metrics` answers without a token.
+    pub metrics_public: bool,
+}
+
+/// The JWT keys of the API and of dashboard sessions.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// API tokens.
+    pub api: auth::TokenKeys,
+    /// Dashboard sessions.
+    pub session: auth::TokenKeys,
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -34,8 +59,14 @@ pub struct AppState {
     pub pool: PgPool,
     /// Credential encryption.
     pub secrets: SecretBox,
-    /// The bootstrap admin token.
-    pub admin_token: Arc<str>,
+    /// The bootstrap admin token, if configured.
+    pub admin_token: Option<Arc<str>>,
+    /// JWT keys.
+    pub keys: Keys,
+    /// Rate limiters.
+    pub limiters: Arc<limits::Limiters>,
+    /// HTTP settings.
+    pub settings: Arc<HttpSettings>,
     /// Rollout ids as they change (from NOTIFY, so changes made by any replica arrive).
     pub updates: broadcast::Sender<Uuid>,
     /// Prometheus rendering of the process's metrics.
@@ -47,14 +78,21 @@ impl AppState {
     pub fn new(
         pool: PgPool,
         secrets: SecretBox,
-        admin_token: &str,
+        admin_token: Option<&str>,
         metrics: Option<PrometheusHandle>,
+        settings: HttpSettings,
     ) -> Self {
         let (updates, _) = broadcast::channel(1024);
         AppState {
+            keys: Keys {
+                api: auth::TokenKeys::api(&secrets),
+                session: auth::TokenKeys::session(&secrets),
+            },
             pool,
             secrets,
-            admin_token: Arc::from(admin_token),
+            admin_token: admin_token.filter(|t| !t.is_empty()).map(Arc::from),
+            limiters: Arc::new(limits::Limiters::new(settings.rate_limits)),
+            settings: Arc::new(settings),
             updates,
             metrics,
         }
@@ -83,12 +121,13 @@ impl AppState {
     }
 }
 
-/// Answers every error under `/api/` as problem+json, including the framework's own.
+/// Answers every error under `/api/` and `/hooks/` as problem+json, including the framework's own.
 async fn api_problems(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let is_api = request.uri().path().starts_with("/api/");
+    let path = request.uri().path();
+    let is_api = path.starts_with("/api/") || path.starts_with("/hooks/");
     let response = next.run(request).await;
     if is_api {
         error::problem_for_plain_errors(response).await
@@ -97,19 +136,70 @@ async fn api_problems(
     }
 }
 
+/// Marks API answers uncacheable (they carry live state and are per caller).
+async fn no_store(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(idempotency::HEADER),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// The whole application router.
 pub fn app(state: AppState) -> Router {
+    let api = api::router()
+        .merge(access::router())
+        .merge(hooks::api_router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent,
+        ))
+        .layer(axum::middleware::map_response(
+            error::problem_for_plain_errors,
+        ))
+        .layer(axum::middleware::from_fn(no_store));
+    let api = match cors(&state.settings.cors_origins) {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
     Router::new()
         .merge(ops::router())
-        .nest(
-            "/api/v1",
-            api::router().layer(axum::middleware::map_response(
-                error::problem_for_plain_errors,
-            )),
-        )
+        .nest("/api/v1", api)
+        .merge(hooks::router())
         .merge(dashboard::router())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::from_fn(api_problems))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -7,8 +7,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::auth::{self, Scope, Target};
 use crate::error::ApiError;
-use crate::extract::Admin;
 use crate::AppState;
 
 /// `/healthz`, `/readyz`, `/metrics`.
@@ -41,11 +41,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text: rollouts by state (read from the database, so it is the same on every
-/// replica), plus this process's counters and histograms.
+/// replica), plus this process's counters and histograms. Needs a token with `read` (Prometheus
+/// sends one with `authorization: {credentials: ...}`) unless `SHIPGATE_METRICS_PUBLIC` is set.
 async fn metrics(
-    _admin: Admin,
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !state.settings.metrics_public {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("send a token with the `read` scope".into()))?;
+        auth::authenticate(&state, token.trim())
+            .await?
+            .require(Scope::Read, Target::Global)?;
+    }
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select s.state::text, count(r.id) from unnest(enum_range(null::rollout_state)) s(state)
            left join rollouts r on r.state = s.state group by s.state order by s.state",

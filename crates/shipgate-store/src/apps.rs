@@ -91,24 +91,39 @@ pub async fn apply(
     sync_environments(&mut tx, app_id, spec, &components).await?;
     sync_credentials(&mut tx, app_id, document, secrets, &mut outcome).await?;
     if let Some(secret) = &document.webhook_secret {
-        let current: Option<Vec<u8>> =
-            sqlx::query_scalar("select webhook_secret_ciphertext from apps where id = $1")
-                .bind(app_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        let same = match &current {
-            Some(sealed) => {
-                secrets.open(secrets.key_id(), sealed).ok().as_deref() == Some(secret.expose())
+        let (sealed, key_id): (Option<Vec<u8>>, Option<String>) = sqlx::query_as(
+            "select webhook_secret_ciphertext, webhook_secret_key_id from apps where id = $1",
+        )
+        .bind(app_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Re-seal a secret held under an older key (or of unknown key), so rotation completes.
+        let same = match (&sealed, &key_id) {
+            (Some(sealed), Some(key_id)) => {
+                key_id == secrets.key_id()
+                    && secrets.open(key_id, sealed).ok().as_deref() == Some(secret.expose())
             }
-            None => false,
+            _ => false,
         };
         if !same {
-            sqlx::query("update apps set webhook_secret_ciphertext = $2 where id = $1")
-                .bind(app_id)
-                .bind(secrets.seal(secret.expose())?)
-                .execute(&mut *tx)
-                .await?;
-            outcome.changes.push("webhook secret updated".to_owned());
+            let changed = match &sealed {
+                Some(sealed) => {
+                    let key_id = key_id.as_deref().unwrap_or(secrets.key_id());
+                    secrets.open(key_id, sealed).ok().as_deref() != Some(secret.expose())
+                }
+                None => true,
+            };
+            sqlx::query(
+                "update apps set webhook_secret_ciphertext = $2, webhook_secret_key_id = $3 where id = $1",
+            )
+            .bind(app_id)
+            .bind(secrets.seal(secret.expose())?)
+            .bind(secrets.key_id())
+            .execute(&mut *tx)
+            .await?;
+            if changed {
+                outcome.changes.push("webhook secret updated".to_owned());
+            }
         }
     }
 

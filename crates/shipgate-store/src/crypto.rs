@@ -5,6 +5,7 @@
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
@@ -14,6 +15,8 @@ use crate::StoreError;
 pub struct SecretBox {
     current: (String, Aes256Gcm),
     previous: Vec<(String, Aes256Gcm)>,
+    /// Per key (current first): a root for keys derived for other purposes (token signing).
+    roots: Vec<(String, [u8; 32])>,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -44,6 +47,12 @@ pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "the master key must be exactly 32 bytes".to_owned())
 }
 
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 fn key_id(key: &[u8; 32]) -> String {
     let digest = Sha256::digest(key);
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -53,10 +62,25 @@ impl SecretBox {
     /// A box that encrypts with `current` and can still decrypt with `previous` keys.
     pub fn new(current: [u8; 32], previous: &[[u8; 32]]) -> Self {
         let cipher = |key: &[u8; 32]| Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+        let root = |key: &[u8; 32]| (key_id(key), hmac_sha256(key, b"shipgate/derive/v1"));
         SecretBox {
             current: (key_id(&current), cipher(&current)),
             previous: previous.iter().map(|k| (key_id(k), cipher(k))).collect(),
+            roots: std::iter::once(&current)
+                .chain(previous)
+                .map(root)
+                .collect(),
         }
+    }
+
+    /// Keys for `purpose` (e.g. signing API tokens) derived from the master key and from each
+    /// previous key, current first, each with its key id: sign with the first, accept any, so a
+    /// master-key rotation keeps issued tokens valid while the old key is still listed.
+    pub fn derive(&self, purpose: &str) -> Vec<(String, [u8; 32])> {
+        self.roots
+            .iter()
+            .map(|(id, root)| (id.clone(), hmac_sha256(root, purpose.as_bytes())))
+            .collect()
     }
 
     /// The id of the key new values are encrypted with.
@@ -114,6 +138,16 @@ mod tests {
         assert_eq!(rotated.open(before.key_id(), &sealed).unwrap(), "hrku-123");
         let stranger = SecretBox::new(new, &[]);
         assert!(stranger.open(before.key_id(), &sealed).is_err());
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_survive_rotation() {
+        let old = SecretBox::new([7u8; 32], &[]);
+        let rotated = SecretBox::new([9u8; 32], &[[7u8; 32]]);
+        assert_ne!(old.derive("a")[0].1, old.derive("b")[0].1);
+        assert_ne!(old.derive("a")[0].1, [7u8; 32]);
+        assert_eq!(rotated.derive("a")[1], old.derive("a")[0]);
+        assert_ne!(rotated.derive("a")[0].1, old.derive("a")[0].1);
     }
 
     #[test]

@@ -26,6 +26,14 @@ impl Actor {
         }
     }
 
+    /// A dashboard user.
+    pub fn user(name: &str) -> Self {
+        Actor {
+            kind: "user",
+            name: name.to_owned(),
+        }
+    }
+
     /// A bearer token.
     pub fn token(name: &str) -> Self {
         Actor {

@@ -5,6 +5,7 @@
 //! database (see the README's "Design notes" for why not `query!`).
 
 pub mod apps;
+pub mod auth;
 pub mod crypto;
 pub mod db;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod releases;
 pub mod rollouts;
+pub mod webhooks;
 
 pub use db::{connect, migrate, MIGRATOR};
 pub use error::StoreError;

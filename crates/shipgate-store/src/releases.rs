@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::events::{self, Actor, Scope};
@@ -159,8 +159,22 @@ pub async fn create(
     actor: &Actor,
     source: &str,
 ) -> Result<(Release, Created), StoreError> {
-    let hash = content_hash(release);
     let mut tx = pool.begin().await?;
+    let created = create_in(&mut tx, app_id, release, actor, source).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`create`] inside the caller's transaction (a webhook delivery records itself and its
+/// release in one). Writes nothing unless the release is new.
+pub async fn create_in(
+    tx: &mut PgConnection,
+    app_id: Uuid,
+    release: &NewRelease,
+    actor: &Actor,
+    source: &str,
+) -> Result<(Release, Created), StoreError> {
+    let hash = content_hash(release);
     let inserted = sqlx::query_as::<_, Release>(&format!(
         "insert into releases (id, app_id, version, git_sha, git_ref, artifacts, config, notes,
                                forward_only, content_hash, created_by, source, committed_at)
@@ -195,7 +209,6 @@ pub async fn create(
             json!({ "version": created.version, "source": source }),
         )
         .await?;
-        tx.commit().await?;
         return Ok((created, Created::New));
     }
     let (existing_hash,): (String,) =
@@ -204,7 +217,6 @@ pub async fn create(
             .bind(&release.version)
             .fetch_one(&mut *tx)
             .await?;
-    tx.rollback().await?;
     if existing_hash != hash {
         return Err(StoreError::Conflict(format!(
             "release {} exists with other content; releases are immutable, so give the new content a new version",
@@ -212,7 +224,7 @@ pub async fn create(
         )));
     }
     Ok((
-        by_version(pool, app_id, &release.version).await?,
+        by_version(&mut *tx, app_id, &release.version).await?,
         Created::Existing,
     ))
 }

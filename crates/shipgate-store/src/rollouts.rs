@@ -59,7 +59,11 @@ pub async fn current_release_id(
     .await?)
 }
 
-async fn lock_environment(tx: &mut PgConnection, environment_id: Uuid) -> Result<(), StoreError> {
+/// Serializes changes to an environment's rollouts until the transaction ends.
+pub(crate) async fn lock_environment(
+    tx: &mut PgConnection,
+    environment_id: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query("select id from environments where id = $1 for update")
         .bind(environment_id)
         .execute(&mut *tx)
@@ -70,10 +74,19 @@ async fn lock_environment(tx: &mut PgConnection, environment_id: Uuid) -> Result
 /// Starts a rollout of a release into an environment: it begins at once, waits for approvals,
 /// or queues behind the rollout that holds the environment.
 pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
+    let mut tx = pool.begin().await?;
+    let id = start_in(&mut tx, new).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// [`start`] inside the caller's transaction (a webhook delivery records itself, its release
+/// and its rollouts in one). On an error the caller must roll back (to a savepoint at least):
+/// earlier statements may have run.
+pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     let environment = new.environment;
     let release = new.release;
-    let mut tx = pool.begin().await?;
-    lock_environment(&mut tx, environment.id).await?;
+    lock_environment(&mut *tx, environment.id).await?;
 
     if let Some(reason) = &release.quarantine_reason {
         return Err(StoreError::Refused(format!(
@@ -132,7 +145,7 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
     sqlx::query("savepoint start_rollout")
         .execute(&mut *tx)
         .await?;
-    let (id, state) = match insert(&mut tx, row(state)).await {
+    let (id, state) = match insert(&mut *tx, row(state)).await {
         Ok(id) => (id, state),
         // A queued rollout took the environment between our read and our insert: queue behind it.
         Err(StoreError::Conflict(_)) if state != RolloutState::Queued => {
@@ -140,7 +153,7 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
                 .execute(&mut *tx)
                 .await?;
             (
-                insert(&mut tx, row(RolloutState::Queued)).await?,
+                insert(&mut *tx, row(RolloutState::Queued)).await?,
                 RolloutState::Queued,
             )
         }
@@ -172,8 +185,7 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
         )
         .await?;
     }
-    notify(&mut tx, id).await?;
-    tx.commit().await?;
+    notify(&mut *tx, id).await?;
     Ok(id)
 }
 
@@ -1005,8 +1017,21 @@ pub struct RolloutDetail {
     pub finished_at: Option<DateTime<Utc>>,
     /// Bumped on every change (for long-polls).
     pub version: i64,
+    /// How it ended, for machines (CI waits on this); `None` while it runs.
+    pub verdict: Option<Verdict>,
     /// Phases.
     pub phases: Vec<PhaseDetail>,
+}
+
+/// How a rollout ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// The final state: `succeeded`, `failed`, `cancelled`, `superseded` or `rolled_back`.
+    pub outcome: String,
+    /// Why, in words (the failing gate, who cancelled, ...).
+    pub reason: Option<String>,
+    /// The rollback rollout that undid it, if any.
+    pub rollback: Option<Uuid>,
 }
 
 /// A phase with its steps and gates.
@@ -1221,6 +1246,11 @@ pub async fn detail(pool: &PgPool, id: Uuid) -> Result<RolloutDetail, StoreError
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
         version: row.get("version"),
+        verdict: parsed.is_terminal().then(|| Verdict {
+            outcome: parsed.as_str().to_owned(),
+            reason: row.get("state_reason"),
+            rollback: row.get("rolled_back_by"),
+        }),
         phases,
     })
 }

@@ -68,6 +68,46 @@ pub struct ServerConfig {
     /// Log format: `text` or `json`.
     #[arg(long, env = "SHIPGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Requests per minute from one client address (429 beyond it).
+    #[arg(long, env = "SHIPGATE_RATE_LIMIT_PER_CLIENT", default_value_t = 3000)]
+    pub rate_limit_per_client: u32,
+
+    /// Requests per minute with one bearer token (429 beyond it).
+    #[arg(long, env = "SHIPGATE_RATE_LIMIT_PER_TOKEN", default_value_t = 1200)]
+    pub rate_limit_per_token: u32,
+
+    /// Sign-in attempts per minute from one client address.
+    #[arg(long, env = "SHIPGATE_RATE_LIMIT_SIGN_IN", default_value_t = 10)]
+    pub rate_limit_sign_in: u32,
+
+    /// Origins (comma-separated) whose browser pages may call the API. Unset: CORS off.
+    #[arg(long, env = "SHIPGATE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Serve `/metrics` without a token (for a scraper on a private network).
+    #[arg(long, env = "SHIPGATE_METRICS_PUBLIC", default_value_t = false)]
+    pub metrics_public: bool,
+}
+
+impl ServerConfig {
+    /// The HTTP surface's settings.
+    pub fn http_settings(&self) -> shipgate_server::HttpSettings {
+        shipgate_server::HttpSettings {
+            rate_limits: shipgate_server::limits::RateLimits {
+                per_client: self.rate_limit_per_client.max(1),
+                per_token: self.rate_limit_per_token.max(1),
+                sign_in: self.rate_limit_sign_in.max(1),
+            },
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|origin| origin.trim().to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
+            metrics_public: self.metrics_public,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {

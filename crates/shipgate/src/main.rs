@@ -1,6 +1,8 @@
 //! `shipgate`: the server (`serve`, `demo`), its maintenance (`migrate`, `healthcheck`) and the
-//! client commands CI uses (`apply`).
+//! client commands CI uses (`apply`, `release create`, `deploy --wait`, `rollback`, ...; see
+//! [`client`] for them and their exit codes).
 
+mod client;
 mod config;
 mod database;
 mod demo;
@@ -26,7 +28,7 @@ use crate::config::{redact_url, ClientConfig, ServerConfig};
 
 /// Shipgate: a release control plane for apps on hosted platforms.
 #[derive(Parser)]
-#[command(name = "shipgate", version, about)]
+#[command(name = "shipgate", version, about, after_help = client::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,11 +53,62 @@ enum Command {
         #[command(flatten)]
         client: ClientConfig,
     },
+    #[command(flatten)]
+    Client(client::ClientCommand),
+    /// API tokens, minted on the server's machine (straight into the database).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Dashboard users, added on the server's machine (straight into the database).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Exit 0 when the local server answers /healthz (for container health checks).
     Healthcheck {
         /// Address the server listens on.
         #[arg(long, env = "SHIPGATE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+}
+
+/// `token ...`.
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an API token and print it once (Shipgate keeps only its id). The first token of an
+    /// installation comes from here; later ones can come from `POST /api/v1/tokens`.
+    Create {
+        /// What the token is for (shown in listings and the audit log).
+        #[arg(long)]
+        name: String,
+        /// `read`, `deploy`, `approve` or `admin`; repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Limit the token to this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Limit the token to this environment of --app.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Lifetime such as `90d` or `12h` (default 90 days, at most 730 days).
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        server: ServerConfig,
+    },
+}
+
+/// `user ...`.
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a dashboard user. The password is read from standard input (one line), never from
+    /// a flag, so it stays out of shell history and process listings.
+    Create {
+        /// Sign-in name.
+        #[arg(long)]
+        username: String,
+        /// `viewer`, `deployer`, `approver` or `admin`.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        server: ServerConfig,
     },
 }
 
@@ -74,16 +127,16 @@ fn main() -> std::process::ExitCode {
                 file,
                 dry_run,
                 client,
-            } => apply(&file, dry_run, &client).await,
+            } => client::apply(&file, dry_run, &client).await,
+            Command::Client(command) => client::run(command).await,
+            Command::Token(command) => token_command(command).await,
+            Command::User(command) => user_command(command).await,
             Command::Healthcheck { listen } => healthcheck(listen).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(error) => client::report(&error),
     }
 }
 
@@ -126,6 +179,81 @@ async fn migrate(config: ServerConfig) -> Result<()> {
         .await
         .context("applying migrations")?;
     info!("migrations applied");
+    Ok(())
+}
+
+async fn token_command(command: TokenCommand) -> Result<()> {
+    let TokenCommand::Create {
+        name,
+        scopes,
+        app,
+        environment,
+        expires,
+        server,
+    } = command;
+    init_tracing(&server.log_format);
+    let pool = connect(&server).await?;
+    shipgate_store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let secrets = master_key(&server)?;
+    let keys = shipgate_server::auth::TokenKeys::api(&secrets);
+    let request = shipgate_server::access::TokenRequest {
+        name,
+        scopes,
+        app,
+        environment,
+        expires_in: expires,
+    };
+    let issued = shipgate_server::access::issue_token(
+        &pool,
+        &keys,
+        &request,
+        &shipgate_store::events::Actor::system("cli"),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}"))?;
+    eprintln!(
+        "token `{}` (id {}) expires {}; it is shown once, keep it now:",
+        issued.record.name,
+        issued.record.id,
+        issued
+            .record
+            .expires_at
+            .map_or_else(|| "never".to_owned(), |at| at.to_rfc3339())
+    );
+    println!("{}", issued.token);
+    Ok(())
+}
+
+async fn user_command(command: UserCommand) -> Result<()> {
+    let UserCommand::Create {
+        username,
+        role,
+        server,
+    } = command;
+    init_tracing(&server.log_format);
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let pool = connect(&server).await?;
+    shipgate_store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let user = shipgate_server::access::add_user(
+        &pool,
+        shipgate_server::access::UserRequest {
+            username,
+            password,
+            role,
+        },
+        &shipgate_store::events::Actor::system("cli"),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}"))?;
+    println!("user `{}` added with role {}", user.username, user.role);
     Ok(())
 }
 
@@ -219,15 +347,19 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
         Some(token) if token.len() < 16 => {
             bail!("SHIPGATE_ADMIN_TOKEN must be at least 16 characters")
         }
-        Some(token) => token,
+        Some(token) => Some(token),
         None if demo => {
             let bytes: [u8; 24] = rand::random();
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
         }
-        None => bail!(
-            "set SHIPGATE_ADMIN_TOKEN (at least 16 characters): it guards the API and dashboard"
-        ),
+        None => None,
     };
+    if admin_token.is_none() {
+        info!(
+            "no SHIPGATE_ADMIN_TOKEN: sign in with tokens from `shipgate token create` \
+             and users from `shipgate user create`"
+        );
+    }
     let pool = connect(&config).await?;
     shipgate_store::migrate(&pool)
         .await
@@ -269,7 +401,13 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let engine_task = tokio::spawn(Arc::clone(&engine).run(wait_for_stop(stopped.clone())));
-    let state = AppState::new(pool.clone(), secrets.clone(), &admin_token, metrics);
+    let state = AppState::new(
+        pool.clone(),
+        secrets.clone(),
+        admin_token.as_deref(),
+        metrics,
+        config.http_settings(),
+    );
     tokio::spawn(state.clone().forward_updates());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -280,7 +418,10 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
     println!("shipgate listening on http://{address}");
     info!(%address, replica = %replica, "serving");
     if demo {
-        println!("demo admin token: {admin_token}");
+        println!(
+            "demo admin token: {}",
+            admin_token.as_deref().unwrap_or_default()
+        );
         println!("open http://{address}/ and sign in with that token");
         demo::start(
             pool.clone(),
@@ -300,59 +441,6 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
     });
     server.await.context("serving HTTP")?;
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
-    Ok(())
-}
-
-async fn apply(file: &Path, dry_run: bool, client: &ClientConfig) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut tree = shipgate_domain::config::parse_tree(&text)?;
-    shipgate_domain::config::resolve_variables(&mut tree, &|name| std::env::var(name).ok())?;
-    let document = shipgate_domain::config::validate(tree.clone())?;
-    if dry_run {
-        println!(
-            "{}: valid ({} environments)",
-            document.spec.app,
-            document.spec.environments.len()
-        );
-        return Ok(());
-    }
-    let token = client
-        .token
-        .as_deref()
-        .context("set SHIPGATE_TOKEN to apply")?;
-    let url = format!(
-        "{}/api/v1/apps/{}",
-        client.url.trim_end_matches('/'),
-        document.spec.app
-    );
-    let response = reqwest::Client::new()
-        .put(&url)
-        .bearer_auth(token)
-        .json(&tree)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("sending to {url}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            body["detail"]
-                .as_str()
-                .unwrap_or("the server refused the config")
-        );
-    }
-    let changes = body["changes"].as_array().cloned().unwrap_or_default();
-    if changes.is_empty() {
-        println!("{}: unchanged", document.spec.app);
-    } else {
-        println!("{}:", document.spec.app);
-        for change in changes {
-            println!("  {}", change.as_str().unwrap_or_default());
-        }
-    }
     Ok(())
 }
 
