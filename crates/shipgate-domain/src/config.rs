@@ -18,7 +18,7 @@ use crate::plan::{
 use crate::provider::ProviderKind;
 
 /// One field's problem.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path to the field, such as `environments[0].plan[1].deploy[0]`.
     pub field: String,

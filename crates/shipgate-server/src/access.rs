@@ -10,16 +10,16 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use shipgate_domain::Span;
 use shipgate_store::auth::{self, NewToken, Token, User};
-use shipgate_store::Actor;
+use shipgate_store::{apps, Actor, StoreError};
 
 use crate::auth::{hash_password, Caller, Role, Scope, Target, TokenKeys, MIN_PASSWORD_LENGTH};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
 use crate::AppState;
 
@@ -38,12 +38,13 @@ pub const MAX_TOKEN_DAYS: i64 = 730;
 pub const DEFAULT_TOKEN_DAYS: i64 = 90;
 
 /// A token request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// What it is for.
     pub name: String,
-    /// `read`, `deploy`, `approve`, `admin`.
+    /// What it may do: `read`, `deploy`, `approve`, `admin` (at least one).
+    #[schema(value_type = Vec<crate::auth::Scope>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Limit it to this app.
     #[serde(default)]
@@ -53,11 +54,12 @@ pub struct TokenRequest {
     pub environment: Option<String>,
     /// Lifetime such as `90d` or `12h` (default 90 days, at most 730 days).
     #[serde(default)]
+    #[schema(pattern = "^([0-9]+(ms|s|m|h|d))+$")]
     pub expires_in: Option<String>,
 }
 
 /// A token as created: the only time its secret is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IssuedToken {
     /// The bearer token (a JWT). Shown once; Shipgate keeps only its id.
     pub token: String,
@@ -122,6 +124,25 @@ pub async fn issue_token(
             lifetime
         }
     };
+    // The limits name things that must exist: say which field is wrong (422), as for any other
+    // invalid field, rather than answer as if the route were missing (404).
+    if let Some(app) = request.app.as_deref() {
+        apps::get(pool, app).await.map_err(|error| match error {
+            StoreError::NotFound(_) => ApiError::field("app", format!("there is no app `{app}`")),
+            other => other.into(),
+        })?;
+        if let Some(environment) = request.environment.as_deref() {
+            apps::environment(pool, app, environment)
+                .await
+                .map_err(|error| match error {
+                    StoreError::NotFound(_) => ApiError::field(
+                        "environment",
+                        format!("app `{app}` has no environment `{environment}`"),
+                    ),
+                    other => other.into(),
+                })?;
+        }
+    }
     let expires_at = Utc::now() + lifetime;
     let record = auth::create_token(
         pool,
@@ -139,6 +160,18 @@ pub async fn issue_token(
     Ok(IssuedToken { token, record })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "access",
+    summary = "Create an API token (its secret is shown only in this answer)",
+    request_body(content = TokenRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token, with its secret.", body = IssuedToken),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid (an unknown scope, app or environment, a bad lifetime); `errors` names it.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn create_token(
     caller: Caller,
     State(state): State<AppState>,
@@ -149,21 +182,46 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
+/// The API tokens (never their secrets).
+#[derive(Serialize, ToSchema)]
+pub struct TokenList {
+    /// The tokens, revoked and expired ones included.
+    pub items: Vec<Token>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "access",
+    summary = "List API tokens",
+    responses((status = 200, description = "The tokens.", body = TokenList)),
+)]
 async fn list_tokens(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     caller.require(Scope::Admin, Target::Global)?;
-    Ok(Json(
-        json!({ "items": auth::list_tokens(&state.pool).await? }),
-    ))
+    Ok(Json(TokenList {
+        items: auth::list_tokens(&state.pool).await?,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "access",
+    summary = "Revoke an API token (at once)",
+    params(("id" = Uuid, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "The token, revoked.", body = Token),
+        (status = 404, description = "No such token.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn revoke_token(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     caller.require(Scope::Admin, Target::Global)?;
     let id: Uuid = id
         .parse()
@@ -174,14 +232,17 @@ async fn revoke_token(
 }
 
 /// A user request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserRequest {
-    /// Sign-in name.
+    /// Sign-in name: 1 to 64 letters, digits, `.`, `-`, `_` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub username: String,
     /// At least 12 characters.
+    #[schema(min_length = 12)]
     pub password: String,
-    /// `viewer`, `deployer`, `approver` or `admin`.
+    /// `viewer`, `deployer`, `approver` or `admin`; each includes the ones before it.
+    #[schema(pattern = "^(viewer|deployer|approver|admin)$")]
     pub role: String,
 }
 
@@ -220,6 +281,19 @@ pub async fn add_user(
     Ok(auth::create_user(pool, &username, &hash, role.as_str(), actor).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "access",
+    summary = "Create a dashboard user",
+    request_body(content = UserRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The user.", body = User),
+        (status = 409, description = "The username is taken.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid; `errors` names it.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn create_user(
     caller: Caller,
     State(state): State<AppState>,
@@ -230,21 +304,46 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+/// The dashboard users.
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    /// The users, disabled ones included.
+    pub items: Vec<User>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "access",
+    summary = "List dashboard users",
+    responses((status = 200, description = "The users.", body = UserList)),
+)]
 async fn list_users(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     caller.require(Scope::Admin, Target::Global)?;
-    Ok(Json(
-        json!({ "items": auth::list_users(&state.pool).await? }),
-    ))
+    Ok(Json(UserList {
+        items: auth::list_users(&state.pool).await?,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{username}",
+    tag = "access",
+    summary = "Disable a dashboard user (their sessions end)",
+    params(("username" = String, Path, description = "The user's sign-in name.")),
+    responses(
+        (status = 200, description = "The user, disabled.", body = User),
+        (status = 404, description = "No such user.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn disable_user(
     caller: Caller,
     State(state): State<AppState>,
     Path(username): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<User>, ApiError> {
     caller.require(Scope::Admin, Target::Global)?;
     Ok(Json(
         auth::disable_user(&state.pool, &username, &caller.actor).await?,

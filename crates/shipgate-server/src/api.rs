@@ -10,21 +10,25 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use shipgate_domain::config;
 use shipgate_domain::state::RolloutKind;
 use shipgate_domain::Span;
-use shipgate_store::apps;
-use shipgate_store::events::{self, EventFilter};
-use shipgate_store::releases::{self, Created, NewRelease};
-use shipgate_store::rollouts::{self, Action, NewRollout, RollbackRequest};
+use shipgate_store::apps::{self, App};
+use shipgate_store::events::{self, Event, EventFilter};
+use shipgate_store::releases::{self, Created, NewRelease, Release};
+use shipgate_store::rollouts::{
+    self, Action, ConfigChange, ConfigEntry, LiveComponent, NewRollout, RollbackRecord,
+    RollbackRequest, RolloutDetail, RolloutSummary,
+};
 
 use crate::auth::{Caller, Scope, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{parse_json, ApiJson};
 use crate::AppState;
 
@@ -77,9 +81,43 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))
 }
 
+/// What applying a config document did.
+#[derive(Serialize, ToSchema)]
+pub struct Applied {
+    /// The app the document declares.
+    pub app: String,
+    /// The app did not exist before.
+    pub created: bool,
+    /// Anything changed.
+    pub changed: bool,
+    /// One line per change (`environment staging: plan changed`); empty when nothing changed.
+    pub changes: Vec<String>,
+}
+
 /// Applies a config document (YAML or JSON). `${VAR}` references must already be resolved: the
 /// server never reads its own environment into a config (that would leak its secrets), so
 /// `shipgate apply` resolves them where it runs and an unresolved one is refused, naming its field.
+#[utoipa::path(
+    put,
+    path = "/api/v1/apps/{app}",
+    tag = "apps",
+    summary = "Apply an app's config document",
+    params(("app" = String, Path, description = "The app's name; must equal the document's `app`.")),
+    request_body(
+        description = "The app's config document (see the README's config format), as YAML or JSON, with every `${VAR}` already resolved.",
+        content(
+            (String = "application/yaml"),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The app existed; `changes` says what changed.", body = Applied),
+        (status = 201, description = "The app was created.", body = Applied),
+        (status = 409, description = "The document conflicts with stored state.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as YAML or JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The document is invalid; `errors` names each field at fault.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn apply_app(
     caller: Caller,
     State(state): State<AppState>,
@@ -137,16 +175,48 @@ async fn apply_app(
     };
     Ok((
         status,
-        Json(
-            json!({ "app": app, "created": outcome.created, "changed": !outcome.changes.is_empty(), "changes": outcome.changes }),
-        ),
+        Json(Applied {
+            app,
+            created: outcome.created,
+            changed: !outcome.changes.is_empty(),
+            changes: outcome.changes,
+        }),
     ))
 }
 
+/// An app as listed.
+#[derive(Serialize, ToSchema)]
+pub struct AppSummary {
+    /// The app's name.
+    pub name: String,
+    /// The Git repository (`owner/name`) whose pushes make its releases, if declared.
+    pub repository: Option<String>,
+    /// Its components, in the order the config declares them.
+    pub components: Vec<String>,
+    /// Its environments, in promotion order.
+    pub environments: Vec<String>,
+    /// When its config was last applied with a change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A list of apps.
+#[derive(Serialize, ToSchema)]
+pub struct AppList {
+    /// The apps, by name.
+    pub items: Vec<AppSummary>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps",
+    tag = "apps",
+    summary = "List apps (a token limited to one app sees that one)",
+    responses((status = 200, description = "The apps.", body = AppList)),
+)]
 async fn list_apps(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<AppList>, ApiError> {
     caller.require(
         Scope::Read,
         caller.app_limit().map_or(Target::Global, Target::App),
@@ -155,23 +225,61 @@ async fn list_apps(
     if let Some(limit) = caller.app_limit() {
         apps.retain(|app| app.name == limit);
     }
-    Ok(Json(json!({ "items": apps.iter().map(|a| json!({
-        "name": a.name, "repository": a.spec.repository, "components": a.spec.components,
-        "environments": a.spec.environments.iter().map(|e| &e.name).collect::<Vec<_>>(),
-        "updated_at": a.updated_at,
-    })).collect::<Vec<_>>() })))
+    let items = apps
+        .into_iter()
+        .map(|app| AppSummary {
+            environments: app
+                .spec
+                .environments
+                .iter()
+                .map(|environment| environment.name.clone())
+                .collect(),
+            name: app.name,
+            repository: app.spec.repository,
+            components: app.spec.components,
+            updated_at: app.updated_at,
+        })
+        .collect();
+    Ok(Json(AppList { items }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}",
+    tag = "apps",
+    summary = "Read an app and its applied spec (no secrets)",
+    params(("app" = String, Path, description = "The app's name.")),
+    responses(
+        (status = 200, description = "The app.", body = App),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn get_app(
     caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<App>, ApiError> {
     caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     Ok(Json(app))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/releases",
+    tag = "releases",
+    summary = "Create a release (idempotent on version)",
+    params(("app" = String, Path, description = "The app's name.")),
+    request_body(content = NewRelease, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The same release existed already.", body = Release),
+        (status = 201, description = "The release was created.", body = Release),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The version exists with other content.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid (an unknown component, a missing artifact, ...).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn create_release(
     caller: Caller,
     State(state): State<AppState>,
@@ -191,25 +299,49 @@ async fn create_release(
     Ok((status, Json(release)))
 }
 
-#[derive(Deserialize)]
+/// Cursor pagination of a list, newest first.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// The previous page's `next_cursor`: list what comes after it.
     #[serde(default)]
     before: Option<Uuid>,
+    /// Items per page, 1 to 200 (default 50; out-of-range values are clamped).
     #[serde(default)]
     limit: Option<i64>,
+}
+
+/// A page of releases, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct ReleasePage {
+    /// The releases.
+    pub items: Vec<Release>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_cursor: Option<Uuid>,
 }
 
 fn limit(requested: Option<i64>) -> i64 {
     requested.unwrap_or(50).clamp(1, 200)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/releases",
+    tag = "releases",
+    summary = "List an app's releases, newest first",
+    params(("app" = String, Path, description = "The app's name."), Page),
+    responses(
+        (status = 200, description = "A page of releases.", body = ReleasePage),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn list_releases(
     caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(page): Query<Page>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<ReleasePage>, ApiError> {
     caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     let limit = limit(page.limit);
@@ -217,14 +349,31 @@ async fn list_releases(
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|r| r.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    Ok(Json(ReleasePage {
+        items,
+        next_cursor: next,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/releases/{version}",
+    tag = "releases",
+    summary = "Read one release",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("version" = String, Path, description = "The release's version."),
+    ),
+    responses(
+        (status = 200, description = "The release.", body = Release),
+        (status = 404, description = "No such app or release.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn get_release(
     caller: Caller,
     State(state): State<AppState>,
     Path((app, version)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<Release>, ApiError> {
     caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     Ok(Json(
@@ -232,11 +381,61 @@ async fn get_release(
     ))
 }
 
+/// Whether auto-deploy (webhook pushes) is paused in an environment.
+#[derive(Serialize, ToSchema)]
+pub struct AutoDeployStatus {
+    /// Paused: pushes make releases but deploy nothing here until resumed.
+    pub paused: bool,
+    /// Why it was paused (such as a rollback).
+    pub reason: Option<String>,
+    /// Since when.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// An environment now: what is live, what is moving, what waits.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentStatus {
+    /// The app's name.
+    pub app: String,
+    /// The environment's name.
+    pub environment: String,
+    /// The version of the last release that finished rolling out here, if any.
+    pub current_release: Option<String>,
+    /// The release live on each component, with drift.
+    pub live: Vec<LiveComponent>,
+    /// The rollout holding the environment (awaiting approval, running, paused or rolling back).
+    pub in_flight: Option<RolloutSummary>,
+    /// Rollouts waiting their turn.
+    pub queued: Vec<RolloutSummary>,
+    /// Whether pushes deploy here.
+    pub auto_deploy: AutoDeployStatus,
+    /// The environment's policy: approvals, who may approve, freeze windows and similar rules,
+    /// as its config declares it.
+    #[schema(value_type = Object)]
+    pub policy: shipgate_domain::config::Policy,
+    /// The ten most recent rollouts, newest first.
+    pub recent: Vec<RolloutSummary>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/environments/{environment}",
+    tag = "environments",
+    summary = "An environment's live releases, in-flight and queued rollouts and auto-deploy pause",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+    ),
+    responses(
+        (status = 200, description = "The environment now.", body = EnvironmentStatus),
+        (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn environment_status(
     caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<EnvironmentStatus>, ApiError> {
     caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let live = rollouts::live_components(&state.pool, environment.id).await?;
@@ -255,31 +454,57 @@ async fn environment_status(
         Some(id) => Some(releases::by_id(&state.pool, id).await?.version),
         None => None,
     };
-    Ok(Json(json!({
-        "app": app,
-        "environment": environment.name,
-        "current_release": current,
-        "live": live,
-        "in_flight": in_flight,
-        "queued": recent.iter().filter(|r| r.state == "queued").collect::<Vec<_>>(),
-        "auto_deploy": {
-            "paused": environment.auto_deploy_paused_at.is_some(),
-            "reason": environment.auto_deploy_paused_reason,
-            "since": environment.auto_deploy_paused_at,
+    Ok(Json(EnvironmentStatus {
+        app,
+        environment: environment.name,
+        current_release: current,
+        live,
+        in_flight,
+        queued: recent
+            .iter()
+            .filter(|r| r.state == "queued")
+            .cloned()
+            .collect(),
+        auto_deploy: AutoDeployStatus {
+            paused: environment.auto_deploy_paused_at.is_some(),
+            reason: environment.auto_deploy_paused_reason,
+            since: environment.auto_deploy_paused_at,
         },
-        "policy": environment.policy,
-        "recent": recent,
-    })))
+        policy: environment.policy,
+        recent,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A request to roll a release out to an environment.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRollout {
+    /// The version of an existing release of the app.
     release: String,
+    /// `deploy` (the default) or `promote` (from the previous environment in the promotion order).
     #[serde(default)]
+    #[schema(pattern = "^(deploy|promote)$")]
     kind: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/environments/{environment}/rollouts",
+    tag = "rollouts",
+    summary = "Start a rollout (it starts, waits for approval, or queues)",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+    ),
+    request_body(content = StartRollout, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The rollout was created.", body = RolloutDetail),
+        (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with the environment's state.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such release, a bad `kind`, or refused by policy (a quarantined release, a freeze).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn start_rollout(
     caller: Caller,
     State(state): State<AppState>,
@@ -323,14 +548,36 @@ async fn start_rollout(
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
-#[derive(Deserialize)]
+/// A request to roll an environment back now.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rollback {
+    /// The version to return to (default: the release live before the current one).
     #[serde(default)]
     to_release: Option<String>,
+    /// Why, for the audit log and the people on call (not blank).
+    #[schema(pattern = "\\S")]
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/environments/{environment}/rollback",
+    tag = "rollouts",
+    summary = "Roll an environment back now",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+    ),
+    request_body(content = Rollback, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The rollback rollout was created.", body = RolloutDetail),
+        (status = 404, description = "No such app, environment or release.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with the environment's state.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason given, or nothing to roll back to.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn roll_back(
     caller: Caller,
     State(state): State<AppState>,
@@ -362,32 +609,92 @@ async fn roll_back(
     ))
 }
 
+/// An environment's rollbacks, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct RollbackList {
+    /// The rollbacks.
+    pub items: Vec<RollbackRecord>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/environments/{environment}/rollbacks",
+    tag = "environments",
+    summary = "An environment's rollback history",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+        Page,
+    ),
+    responses(
+        (status = 200, description = "The rollbacks, newest first (`before` is ignored).", body = RollbackList),
+        (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn rollback_history(
     caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     Query(page): Query<Page>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<RollbackList>, ApiError> {
     caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let items = rollouts::rollbacks(&state.pool, environment.id, limit(page.limit)).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(RollbackList { items }))
+}
+
+/// The config vars and flags Shipgate set in an environment.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentConfig {
+    /// The values now, by component and key.
+    pub values: Vec<ConfigEntry>,
+    /// Recent changes, newest first (`limit` of them).
+    pub history: Vec<ConfigChange>,
 }
 
 /// The config vars and flags Shipgate set in an environment, with their history.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/environments/{environment}/config",
+    tag = "environments",
+    summary = "The config vars and flags Shipgate set in an environment, with their history",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+        Page,
+    ),
+    responses(
+        (status = 200, description = "Values and history (`before` is ignored).", body = EnvironmentConfig),
+        (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn environment_config(
     caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
     Query(page): Query<Page>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<EnvironmentConfig>, ApiError> {
     caller.require(Scope::Read, Target::Environment(&app, &environment))?;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let (values, history) =
         rollouts::config(&state.pool, environment.id, limit(page.limit)).await?;
-    Ok(Json(json!({ "values": values, "history": history })))
+    Ok(Json(EnvironmentConfig { values, history }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/environments/{environment}/auto-deploy/resume",
+    tag = "environments",
+    summary = "Clear an environment's auto-deploy pause",
+    params(
+        ("app" = String, Path, description = "The app's name."),
+        ("environment" = String, Path, description = "The environment's name."),
+    ),
+    responses(
+        (status = 204, description = "Auto-deploy is on (whether or not it was paused)."),
+        (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn resume_auto_deploy(
     caller: Caller,
     State(state): State<AppState>,
@@ -400,22 +707,42 @@ async fn resume_auto_deploy(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// Which rollouts to list.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RolloutFilter {
+    /// Only this app's (a token limited to an app lists its app's).
     #[serde(default)]
     app: Option<String>,
+    /// Only this environment's.
     #[serde(default)]
     environment: Option<String>,
+    /// How many, 1 to 200 (default 50; out-of-range values are clamped).
     #[serde(default)]
     limit: Option<i64>,
 }
 
+/// Recent rollouts, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct RolloutList {
+    /// The rollouts.
+    pub items: Vec<RolloutSummary>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts",
+    tag = "rollouts",
+    summary = "Recent rollouts, newest first",
+    params(RolloutFilter),
+    responses((status = 200, description = "The rollouts.", body = RolloutList)),
+)]
 async fn list_rollouts(
     caller: Caller,
     State(state): State<AppState>,
     Query(filter): Query<RolloutFilter>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<RolloutList>, ApiError> {
     // A limited token lists what it may see: its app (and environment) unless it asks for less.
     let app = filter.app.as_deref().or(caller.app_limit());
     let environment = filter.environment.as_deref().or(caller.environment_limit());
@@ -427,12 +754,15 @@ async fn list_rollouts(
         (None, _) => caller.require(Scope::Read, Target::Global)?,
     }
     let items = rollouts::recent(&state.pool, app, environment, limit(filter.limit)).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(RolloutList { items }))
 }
 
-#[derive(Deserialize)]
+/// How long to long-poll a rollout.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Wait {
+    /// Wait up to this long (such as `60s`; at most 120 seconds) for a change.
     #[serde(default)]
     wait: Option<String>,
     /// Return as soon as the rollout's version differs from this one.
@@ -442,12 +772,24 @@ struct Wait {
 
 /// Reads a rollout. With `?wait=60s` it long-polls: it answers when the rollout changes (or
 /// already differs from `since`), ends, or the wait runs out, whichever comes first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts/{id}",
+    tag = "rollouts",
+    summary = "Read a rollout, optionally long-polling until it changes",
+    params(("id" = Uuid, Path, description = "The rollout's id."), Wait),
+    responses(
+        (status = 200, description = "The rollout with its phases, step attempts and gate checks.", body = RolloutDetail),
+        (status = 404, description = "No such rollout.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait` is not a duration.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn get_rollout(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<Wait>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<RolloutDetail>, ApiError> {
     let id = parse_id(&id)?;
     let detail = rollouts::detail(&state.pool, id).await?;
     caller.require(
@@ -492,6 +834,17 @@ async fn get_rollout(
 /// now and on every change, then one `verdict` (`{"outcome", "reason", "rollback"}`) when it
 /// ends, and the stream closes. Changes arrive through NOTIFY, so a change made by any replica
 /// is seen; a re-read every few seconds covers a missed notification.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts/{id}/events",
+    tag = "rollouts",
+    summary = "Follow a rollout as server-sent events until it ends",
+    params(("id" = Uuid, Path, description = "The rollout's id.")),
+    responses(
+        (status = 200, description = "An event stream: `rollout` events (the rollout, as `GET /api/v1/rollouts/{id}` answers it) on every change, then one `verdict` event (`{\"outcome\", \"reason\", \"rollback\"}`), then the stream ends.", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "No such rollout.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn rollout_events(
     caller: Caller,
     State(state): State<AppState>,
@@ -569,20 +922,64 @@ async fn rollout_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Deserialize, Default)]
+/// A person's note on an action.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
+    /// Why (required to reject), for the audit log.
     #[serde(default)]
     comment: Option<String>,
 }
 
+/// What a person can do to a rollout.
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[expect(
+    dead_code,
+    reason = "documents the `{action}` path segment, which is parsed by name"
+)]
+enum RolloutActionName {
+    /// Stop between steps until resumed.
+    Pause,
+    /// Carry on after a pause.
+    Resume,
+    /// Stop for good.
+    Cancel,
+    /// Approve a rollout waiting for approval (or an approval gate).
+    Approve,
+    /// Refuse it (needs a `comment`).
+    Reject,
+    /// Try the failed step again.
+    Retry,
+    /// Treat the current gate as passed.
+    SkipGate,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/{action}",
+    tag = "rollouts",
+    summary = "Act on a rollout: pause, resume, cancel, approve, reject, retry or skip a gate",
+    params(
+        ("id" = Uuid, Path, description = "The rollout's id."),
+        ("action" = inline(RolloutActionName), Path, description = "The action."),
+    ),
+    request_body(content = Option<ActionBody>, content_type = "application/json", description = "Optional; `reject` needs a comment."),
+    responses(
+        (status = 200, description = "The rollout after the action.", body = RolloutDetail),
+        (status = 404, description = "No such rollout or action.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The rollout changed meanwhile; try again.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not possible in the rollout's state, or a reject without a comment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn act_on_rollout(
     caller: Caller,
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<RolloutDetail>, ApiError> {
     let id = parse_id(&id)?;
     let target = rollouts::detail(&state.pool, id).await?;
     let needs = match action.as_str() {
@@ -643,26 +1040,50 @@ async fn act_on_rollout(
     Ok(Json(rollouts::detail(&state.pool, id).await?))
 }
 
-#[derive(Deserialize)]
+/// Which audit records to list.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Only this app's.
     #[serde(default)]
     app: Option<String>,
+    /// Only this rollout's.
     #[serde(default)]
     rollout: Option<Uuid>,
+    /// Records older than this id (the previous page's `next_cursor`).
     #[serde(default)]
     before: Option<i64>,
+    /// Records newer than this id, oldest first (for following the log).
     #[serde(default)]
     after: Option<i64>,
+    /// How many, 1 to 200 (default 50; out-of-range values are clamped).
     #[serde(default)]
     limit: Option<i64>,
 }
 
+/// A page of the audit log.
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    /// The records.
+    pub items: Vec<Event>,
+    /// Pass as `before` for the next page; null on the last page and when following with `after`.
+    pub next_cursor: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "The audit log",
+    params(EventQuery),
+    responses((status = 200, description = "A page of audit records.", body = EventPage)),
+)]
 async fn list_events(
     caller: Caller,
     State(state): State<AppState>,
     Query(mut query): Query<EventQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     if query.app.is_none() {
         query.app = caller.app_limit().map(str::to_owned);
     }
@@ -682,8 +1103,8 @@ async fn list_events(
         },
     )
     .await?;
-    let next: Option<Value> = (items.len() as i64 == limit && query.after.is_none())
-        .then(|| items.last().map(|e| json!(e.id)))
+    let next_cursor = (items.len() as i64 == limit && query.after.is_none())
+        .then(|| items.last().map(|event| event.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    Ok(Json(EventPage { items, next_cursor }))
 }

@@ -66,15 +66,21 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error as answered: RFC 9457 problem details (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status code and `title` say what kind of error it is.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    errors: Vec<FieldError>,
+    pub kind: String,
+    /// The status code's reason phrase, such as `Not Found`.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong, in words a person can act on (never driver or internal text).
+    pub detail: String,
+    /// The fields at fault, for invalid input (422); absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 impl IntoResponse for ApiError {
@@ -113,8 +119,8 @@ impl IntoResponse for ApiError {
             _ => Vec::new(),
         };
         let body = Problem {
-            kind: "about:blank",
-            title,
+            kind: "about:blank".to_owned(),
+            title: title.to_owned(),
             status: status.as_u16(),
             detail,
             errors,
@@ -139,6 +145,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// SQLSTATE `character_not_in_repertoire`: text with a NUL byte.
+const UNSTORABLE_TEXT: &str = "22021";
+/// SQLSTATE `untranslatable_character`: `\u0000` inside a `jsonb` string.
+const UNSTORABLE_JSON_TEXT: &str = "22P05";
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -153,6 +164,16 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Database(sqlx::Error::PoolTimedOut) => {
                 ApiError::Unavailable("the database is not answering".into())
+            }
+            // Text Postgres cannot store (a NUL character, in a name or inside JSON) is the
+            // request's fault wherever it was sent: a path segment, a query or a body.
+            StoreError::Database(sqlx::Error::Database(error))
+                if matches!(
+                    error.code().as_deref(),
+                    Some(UNSTORABLE_TEXT | UNSTORABLE_JSON_TEXT)
+                ) =>
+            {
+                ApiError::BadRequest("text may not contain NUL (\\u0000) characters".into())
             }
             other => ApiError::Internal(other.to_string()),
         }

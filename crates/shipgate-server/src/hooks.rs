@@ -34,22 +34,23 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use shipgate_domain::config::AppSpec;
 use shipgate_domain::provider::ProviderKind;
 use shipgate_store::releases::{self, NewRelease};
 use shipgate_store::webhooks::{
-    self, HookApp, NewDelivery, Outcome, Push, PushedRefOwned, Verdict, Work,
+    self, Delivery, HookApp, NewDelivery, Outcome, Push, PushedRefOwned, Verdict, Work,
 };
 use shipgate_store::{apps, StoreError};
 
 use crate::auth::{Caller, Scope, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::parse_json;
 use crate::limits::Limiter;
 use crate::AppState;
@@ -701,6 +702,24 @@ async fn record(
     Ok(outcome)
 }
 
+/// What became of a delivery, as answered to its sender.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryAnswer {
+    /// The delivery's id in Shipgate (see `GET /api/v1/apps/{app}/deliveries`).
+    pub delivery: Uuid,
+    /// The delivery had been received before: nothing new was done, and the rest is what the
+    /// first one did.
+    pub duplicate: bool,
+    /// `deployed`, `accepted`, `ignored` or `refused`.
+    pub verdict: String,
+    /// Why, per environment.
+    pub reason: Option<String>,
+    /// The version of the release made or found.
+    pub release: Option<String>,
+    /// The rollouts enqueued.
+    pub rollouts: Vec<Uuid>,
+}
+
 /// The answer to a recorded delivery: 202 when a release was made or rollouts enqueued, 200
 /// otherwise (and for a delivery seen before).
 fn respond(outcome: Outcome) -> Response {
@@ -712,10 +731,14 @@ fn respond(outcome: Outcome) -> Response {
         };
     (
         status,
-        Json(json!({
-            "delivery": outcome.id, "duplicate": outcome.duplicate, "verdict": outcome.verdict,
-            "reason": outcome.reason, "release": outcome.release, "rollouts": outcome.rollouts,
-        })),
+        Json(DeliveryAnswer {
+            delivery: outcome.id,
+            duplicate: outcome.duplicate,
+            verdict: outcome.verdict,
+            reason: outcome.reason,
+            release: outcome.release,
+            rollouts: outcome.rollouts,
+        }),
     )
         .into_response()
 }
@@ -752,6 +775,17 @@ fn parse_payload<T: serde::de::DeserializeOwned>(json: &[u8], what: &str) -> Res
 
 // ---------------------------------------------------------------------------------------------
 // GitHub.
+
+/// A form-encoded GitHub delivery.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "documents the form body, which is read by `form_field`"
+)]
+struct GithubForm {
+    /// The event payload, as JSON.
+    payload: String,
+}
 
 /// The JSON of a GitHub delivery: the body, or its `payload` field when form-encoded.
 fn github_json(headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, HookError> {
@@ -793,6 +827,37 @@ fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+#[utoipa::path(
+    post,
+    path = "/hooks/github",
+    tag = "webhooks",
+    summary = "Receive a GitHub delivery (the app is found by repository)",
+    security(()),
+    params(
+        ("X-GitHub-Event" = String, Header, description = "The event: `push` acts, `ping` checks the hook, others are recorded as ignored."),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's unique id (GitHub reuses it on a redelivery)."),
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=<hex HMAC-SHA256 of the body under the app's webhook_secret>`."),
+    ),
+    request_body(
+        description = "GitHub's push event payload (any event is accepted and recorded), as JSON or form-encoded with the JSON in `payload`.",
+        content(
+            (Object = "application/json"),
+            (GithubForm = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
+        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn github(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -801,6 +866,38 @@ async fn github(
     receive_github(&state, None, &headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/hooks/github/{app}",
+    tag = "webhooks",
+    summary = "Receive a GitHub delivery for a named app",
+    security(()),
+    params(
+        ("app" = String, Path, description = "The app the delivery is for."),
+        ("X-GitHub-Event" = String, Header, description = "The event: `push` acts, `ping` checks the hook, others are recorded as ignored."),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's unique id (GitHub reuses it on a redelivery)."),
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=<hex HMAC-SHA256 of the body under the app's webhook_secret>`."),
+    ),
+    request_body(
+        description = "GitHub's push event payload (any event is accepted and recorded), as JSON or form-encoded with the JSON in `payload`.",
+        content(
+            (Object = "application/json"),
+            (GithubForm = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
+        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn github_for_app(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -864,6 +961,34 @@ async fn receive_github(
 // ---------------------------------------------------------------------------------------------
 // GitLab.
 
+#[utoipa::path(
+    post,
+    path = "/hooks/gitlab",
+    tag = "webhooks",
+    summary = "Receive a GitLab delivery (the app is found by project path)",
+    security(()),
+    params(
+        ("X-Gitlab-Event" = String, Header, description = "The event, such as `Push Hook` or `Tag Push Hook`; others are recorded as ignored."),
+        ("X-Gitlab-Event-UUID" = String, Header, description = "The delivery's unique id."),
+        ("X-Gitlab-Token" = String, Header, description = "The hook's secret token: the app's webhook_secret."),
+    ),
+    request_body(
+        description = "GitLab's push or tag push event payload (any event is accepted and recorded).",
+        content((Object = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
+        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn gitlab(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -872,6 +997,35 @@ async fn gitlab(
     receive_gitlab(&state, None, &headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/hooks/gitlab/{app}",
+    tag = "webhooks",
+    summary = "Receive a GitLab delivery for a named app",
+    security(()),
+    params(
+        ("app" = String, Path, description = "The app the delivery is for."),
+        ("X-Gitlab-Event" = String, Header, description = "The event, such as `Push Hook` or `Tag Push Hook`; others are recorded as ignored."),
+        ("X-Gitlab-Event-UUID" = String, Header, description = "The delivery's unique id."),
+        ("X-Gitlab-Token" = String, Header, description = "The hook's secret token: the app's webhook_secret."),
+    ),
+    request_body(
+        description = "GitLab's push or tag push event payload (any event is accepted and recorded).",
+        content((Object = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
+        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn gitlab_for_app(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -931,6 +1085,34 @@ async fn receive_gitlab(
 // ---------------------------------------------------------------------------------------------
 // Generic (CI).
 
+#[utoipa::path(
+    post,
+    path = "/hooks/generic/{app}",
+    tag = "webhooks",
+    summary = "Receive a signed release announcement from CI",
+    security(()),
+    params(
+        ("app" = String, Path, description = "The app the delivery is for."),
+        ("X-Shipgate-Delivery" = String, Header, description = "The delivery's unique id (reuse it on a retry)."),
+        ("X-Shipgate-Signature" = String, Header, description = "`sha256=<hex HMAC-SHA256 of the body under the app's webhook_secret>`."),
+    ),
+    request_body(
+        description = "The release to make, as `POST /api/v1/apps/{app}/releases` takes it; it rolls out where the auto-deploy rules admit it.",
+        content((NewRelease = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
+        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
+        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn generic(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -998,22 +1180,46 @@ async fn generic(
 // ---------------------------------------------------------------------------------------------
 // Visibility.
 
-#[derive(Deserialize)]
+/// Cursor pagination of deliveries, newest first.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// The previous page's `next_cursor`: list what comes after it.
     #[serde(default)]
     before: Option<Uuid>,
+    /// Items per page, 1 to 200 (default 50; out-of-range values are clamped).
     #[serde(default)]
     limit: Option<i64>,
 }
 
+/// A page of an app's webhook deliveries, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryPage {
+    /// The deliveries.
+    pub items: Vec<Delivery>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
 /// An app's deliveries, newest first, cursor-paginated (`?before=<next_cursor>&limit=`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/deliveries",
+    tag = "webhooks",
+    summary = "An app's webhook deliveries and what became of each",
+    params(("app" = String, Path, description = "The app's name."), Page),
+    responses(
+        (status = 200, description = "A page of deliveries.", body = DeliveryPage),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn list_deliveries(
     caller: Caller,
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(page): Query<Page>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<DeliveryPage>, ApiError> {
     caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
     let limit = page.limit.unwrap_or(50).clamp(1, 200);
@@ -1021,7 +1227,10 @@ async fn list_deliveries(
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|delivery| delivery.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    Ok(Json(DeliveryPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
 #[cfg(test)]

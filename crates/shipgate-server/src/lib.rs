@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hooks;
 pub mod idempotency;
 pub mod limits;
+pub mod openapi;
 pub mod ops;
 
 use std::sync::Arc;
@@ -177,6 +178,7 @@ pub fn app(state: AppState) -> Router {
     let api = api::router()
         .merge(access::router())
         .merge(hooks::api_router())
+        .merge(openapi::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotent,
@@ -211,6 +213,16 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
+        ))
+        // Scripts and styles come from the binary's own /static; inline style attributes are
+        // allowed for server-computed widths (progress bars), never inline scripts.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                 img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+                 form-action 'self'; base-uri 'none'; object-src 'none'",
+            ),
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

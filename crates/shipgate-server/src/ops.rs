@@ -5,7 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::{self, Scope, Target};
 use crate::error::ApiError;
@@ -19,12 +20,50 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+/// Whether the process is up, or can serve.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (liveness), `ready` or `unavailable` (readiness).
+    pub status: String,
+    /// Why it cannot serve; only when `unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Health {
+    fn status(status: &str) -> Self {
+        Health {
+            status: status.to_owned(),
+            reason: None,
+        }
+    }
+}
+
 /// The process is up.
-async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    security(()),
+    responses((status = 200, description = "The process is up.", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health::status("ok"))
 }
 
 /// The process can serve: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the database answers",
+    security(()),
+    responses(
+        (status = 200, description = "Ready.", body = Health),
+        (status = 503, description = "The database is not answering.", body = Health),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let check = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -32,10 +71,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
     .await;
     match check {
-        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(Ok(_)) => (StatusCode::OK, Json(Health::status("ready"))),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": "the database is not answering" })),
+            Json(Health {
+                status: "unavailable".to_owned(),
+                reason: Some("the database is not answering".to_owned()),
+            }),
         ),
     }
 }
@@ -43,6 +85,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Prometheus text: rollouts by state (read from the database, so it is the same on every
 /// replica), plus this process's counters and histograms. Needs a token with `read` (Prometheus
 /// sends one with `authorization: {credentials: ...}`) unless `SHIPGATE_METRICS_PUBLIC` is set.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain"),
+    ),
+)]
 async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

@@ -18,7 +18,7 @@ use crate::events::{self, Actor, Scope};
 use crate::StoreError;
 
 /// What applying a document changed.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApplyOutcome {
     /// The app did not exist before.
     pub created: bool,
@@ -345,13 +345,16 @@ async fn sync_credentials(
 }
 
 /// An app as stored.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct App {
     /// Id.
     pub id: Uuid,
     /// Name.
     pub name: String,
-    /// The applied spec (no secrets).
+    /// The applied config document's spec, as validated: `app`, `repository`, `components`,
+    /// `credentials` (names only, never values), `environments` (targets, plans, policies) and
+    /// `auto_deploy` rules. Its full shape is the config format described in the README.
+    #[schema(value_type = Object)]
     pub spec: AppSpec,
     /// Created.
     pub created_at: DateTime<Utc>,
@@ -391,7 +394,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<App>, StoreError> {
 }
 
 /// An environment as stored.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Environment {
     /// Id.
     pub id: Uuid,
@@ -403,9 +406,11 @@ pub struct Environment {
     pub name: String,
     /// Position in the promotion order.
     pub position: i32,
-    /// Current plan.
+    /// Current plan: its phases, each deploying components, setting config and running gates.
+    #[schema(value_type = Object)]
     pub plan: Plan,
-    /// Current policy.
+    /// Current policy: approvals, who may approve, freeze windows and similar rules.
+    #[schema(value_type = Object)]
     pub policy: Policy,
     /// Why auto-deploy is paused, if it is.
     pub auto_deploy_paused_reason: Option<String>,

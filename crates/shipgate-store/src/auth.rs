@@ -11,7 +11,7 @@ use crate::events::{self, Actor, Scope};
 use crate::StoreError;
 
 /// A stored API token (the record behind a JWT's `jti`).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Token {
     /// Id (the JWT's `jti`).
     pub id: Uuid,
@@ -186,7 +186,7 @@ pub async fn revoke_token(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Toke
 }
 
 /// A dashboard user.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     /// Id.
     pub id: Uuid,

@@ -92,7 +92,7 @@ pub async fn record(
 }
 
 /// One audit record.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
     /// Sequence number (also the pagination cursor).
     pub id: i64,

@@ -13,7 +13,7 @@ use crate::events::{self, Actor, Scope};
 use crate::StoreError;
 
 /// What a caller gives to create a release.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRelease {
     /// Version label, unique per app (`1.4.0`, `a1b2c3d`).
@@ -41,7 +41,7 @@ pub struct NewRelease {
 }
 
 /// A stored release.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Release {
     /// Id.
     pub id: Uuid,

@@ -979,7 +979,7 @@ pub async fn decide_approval(
 // Reading.
 
 /// A rollout with everything a person or CI wants to see.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RolloutDetail {
     /// Id.
     pub id: Uuid,
@@ -991,9 +991,10 @@ pub struct RolloutDetail {
     pub release: String,
     /// Previous release version (what a rollback returns to).
     pub previous_release: Option<String>,
-    /// Kind.
+    /// `deploy`, `promote`, `rollback` or `config`.
     pub kind: String,
-    /// State.
+    /// `queued`, `pending_approval`, `in_progress`, `paused`, `rolling_back`, `succeeded`,
+    /// `failed`, `cancelled`, `superseded`, `rolled_back` or `rollback_failed`.
     pub state: String,
     /// Why it is in that state (failure, pause reason).
     pub state_reason: Option<String>,
@@ -1024,7 +1025,8 @@ pub struct RolloutDetail {
 }
 
 /// How a rollout ended.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RolloutVerdict)]
 pub struct Verdict {
     /// The final state: `succeeded`, `failed`, `cancelled`, `superseded` or `rolled_back`.
     pub outcome: String,
@@ -1035,11 +1037,11 @@ pub struct Verdict {
 }
 
 /// A phase with its steps and gates.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PhaseDetail {
-    /// Name.
+    /// The phase's name in the plan.
     pub name: String,
-    /// State.
+    /// `pending`, `running`, `verifying`, `succeeded`, `failed`, `skipped` or `aborted`.
     pub state: String,
     /// Started.
     pub started_at: Option<DateTime<Utc>>,
@@ -1054,7 +1056,7 @@ pub struct PhaseDetail {
 }
 
 /// One step attempt.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StepDetail {
     /// The phase the attempt belongs to.
     #[serde(skip)]
@@ -1063,13 +1065,13 @@ pub struct StepDetail {
     pub step_index: i32,
     /// Attempt.
     pub attempt: i32,
-    /// Kind.
+    /// `deploy`, `rollback`, `traffic`, `config`, `job` or `wait`.
     pub kind: String,
-    /// Component.
+    /// The component it acts on.
     pub component: Option<String>,
-    /// Provider.
+    /// The provider that performs it (`heroku`, `vercel`, `simulated`, ...).
     pub provider: Option<String>,
-    /// State.
+    /// `pending`, `submitted`, `succeeded` or `failed`.
     pub state: String,
     /// The provider's reference (release id, deployment id, operation name).
     pub provider_ref: Option<String>,
@@ -1093,9 +1095,9 @@ pub struct StepDetail {
 }
 
 /// A gate and its recent checks.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GateDetail {
-    /// Kind.
+    /// `health`, `soak`, `approval`, `prometheus` or `webhook`.
     pub kind: String,
     /// What it checks.
     pub description: String,
@@ -1104,9 +1106,9 @@ pub struct GateDetail {
 }
 
 /// One gate measurement.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CheckDetail {
-    /// Verdict.
+    /// `pass`, `fail` or `inconclusive`.
     pub verdict: String,
     /// Measured value (status code, metric value).
     pub value: Option<f64>,
@@ -1271,7 +1273,7 @@ pub async fn version(pool: &PgPool, id: Uuid) -> Result<(i64, RolloutState), Sto
 }
 
 /// One line of a rollout list.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RolloutSummary {
     /// Id.
     pub id: Uuid,
@@ -1332,7 +1334,7 @@ pub async fn recent(
 }
 
 /// One rollback as kept in the history.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RollbackRecord {
     /// The rollback rollout.
     pub rollout_id: Uuid,
@@ -1385,7 +1387,7 @@ pub async fn rollbacks(
 }
 
 /// What runs in one component of an environment.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LiveComponent {
     /// Component.
     pub component: String,
@@ -1452,7 +1454,7 @@ pub async fn resume_auto_deploy(
 }
 
 /// A config var or flag Shipgate set in an environment.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ConfigEntry {
     /// Component.
     pub component: String,
@@ -1469,7 +1471,7 @@ pub struct ConfigEntry {
 }
 
 /// One change of a config var, newest first.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ConfigChange {
     /// Component.
     pub component: String,

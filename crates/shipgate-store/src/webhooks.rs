@@ -188,7 +188,7 @@ pub enum Work {
 }
 
 /// What ingesting a delivery did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Outcome {
     /// The delivery's row id.
     pub id: Uuid,
@@ -616,7 +616,7 @@ async fn record_superseded(
 }
 
 /// A delivery as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// Row id (the list's cursor).
     pub id: Uuid,
