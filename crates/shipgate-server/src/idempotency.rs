@@ -7,7 +7,7 @@
 //! so a retry runs again.
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use shipgate_store::auth::{self, Claimed};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::{AppState, BODY_LIMIT};
 
@@ -50,7 +51,12 @@ pub async fn idempotent(State(state): State<AppState>, request: Request, next: N
             .map(HeaderValue::as_bytes)
             .unwrap_or(b"anonymous"),
     ));
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Only a proven caller may hold a key: an unauthenticated request is refused here, before
+    // anything is written (the handler then finds the caller already resolved).
+    if let Err(refused) = Caller::from_request_parts(&mut parts, &state).await {
+        return refused.into_response();
+    }
     let body = match to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
         Err(_) => {
