@@ -386,8 +386,15 @@ struct Api {
 }
 
 /// Whether an answer is worth asking again for: the request did not run (or is safe to repeat).
-fn transient(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+/// A 409 with `Retry-After` is the server saying an earlier attempt with the same
+/// `Idempotency-Key` is still running (after a proxy's 502/504, say): asking again gets its
+/// answer once it is done. Other 409s are refusals.
+fn transient(answer: &Answer) -> bool {
+    match answer.status.as_u16() {
+        429 | 502 | 503 | 504 => true,
+        409 => answer.retry_after.is_some(),
+        _ => false,
+    }
 }
 
 /// A transport error with its causes, without the URL (the caller names the server).
@@ -418,8 +425,11 @@ impl Api {
             .as_deref()
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                Failure::error("set SHIPGATE_TOKEN (or --token) to a Shipgate API token")
+            // No rights at all: refused (6) like a token the server turns down, so CI
+            // tells a missing secret apart from an outage.
+            .ok_or(Failure {
+                exit: Exit::Refused,
+                message: Some("set SHIPGATE_TOKEN (or --token) to a Shipgate API token".into()),
             })?
             .to_owned();
         let base = client.url.trim().trim_end_matches('/').to_owned();
@@ -501,7 +511,7 @@ impl Api {
                 .once(method.clone(), path, body, key.as_deref(), REQUEST_TIMEOUT)
                 .await
             {
-                Ok(answer) if transient(answer.status) && !last => {
+                Ok(answer) if transient(&answer) && !last => {
                     let pause = answer
                         .retry_after
                         .unwrap_or(delay)
@@ -879,10 +889,16 @@ async fn status(args: StatusArgs) -> Result<(), Failure> {
         }
     };
     let mut statuses = Vec::new();
+    let mut hidden = Vec::new();
     for environment in &environments {
         let answer = api
             .get(&format!("{app_path}/environments/{}", segment(environment)))
             .await?;
+        // Listing every environment with a token limited to some of them: show those.
+        if answer.status == StatusCode::FORBIDDEN && args.environment.is_none() {
+            hidden.push(environment.as_str());
+            continue;
+        }
         if !answer.status.is_success() {
             return Err(problem(
                 &format!("reading {}/{environment}", args.app),
@@ -890,6 +906,21 @@ async fn status(args: StatusArgs) -> Result<(), Failure> {
             ));
         }
         statuses.push(answer.body);
+    }
+    if !hidden.is_empty() {
+        if statuses.is_empty() {
+            return Err(Failure {
+                exit: Exit::Refused,
+                message: Some(format!(
+                    "reading {} was refused: the token may read none of its environments",
+                    args.app
+                )),
+            });
+        }
+        eprintln!(
+            "not shown (the token may not read them): {}",
+            hidden.join(", ")
+        );
     }
     match args.common.output {
         Output::Json if args.environment.is_some() => print_json(&statuses[0]),
@@ -1334,6 +1365,22 @@ mod tests {
         assert!(message.contains("version: too long") && message.contains("artifacts.web: empty"));
         assert_eq!(problem("x", &answer(401, json!({}))).exit, Exit::Refused);
         assert_eq!(problem("x", &answer(500, Value::Null)).exit, Exit::Error);
+    }
+
+    #[test]
+    fn a_conflict_is_asked_again_only_when_the_server_says_to_retry() {
+        let answer = |status: u16, retry_after: Option<u64>| Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            body: Value::Null,
+            retry_after: retry_after.map(Duration::from_secs),
+        };
+        assert!(
+            transient(&answer(409, Some(1))),
+            "our own key, still running"
+        );
+        assert!(!transient(&answer(409, None)), "a refusal");
+        assert!(transient(&answer(503, None)) && transient(&answer(429, Some(5))));
+        assert!(!transient(&answer(422, None)) && !transient(&answer(500, None)));
     }
 
     #[test]
