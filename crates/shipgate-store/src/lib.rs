@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod auth;
 pub mod crypto;
+pub mod dashboard;
 pub mod db;
 pub mod engine;
 pub mod error;
