@@ -77,9 +77,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group: chromedriver and every browser it launched.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
+        // The whole group: chromedriver and every browser it launched. Not `kill -KILL -PGID`:
+        // procps's kill reads a negative id starting with 1 (`-19870`) as `-1`, every process
+        // the caller may signal, and took down the whole machine's session.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-g", &self.child.id().to_string()])
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
