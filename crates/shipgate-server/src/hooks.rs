@@ -67,6 +67,43 @@ pub const GENERIC_SIGNATURE_HEADER: &str = "x-shipgate-signature";
 /// The header carrying a generic delivery's id (unique per delivery, reused on a retry).
 pub const GENERIC_DELIVERY_HEADER: &str = "x-shipgate-delivery";
 
+/// What every webhook receiver may answer (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "only described, never built: the handlers answer through HookError")]
+enum DeliveryResponses {
+    /// Recorded; nothing was enqueued (ignored, refused, or a duplicate).
+    #[response(status = 200)]
+    Recorded(DeliveryAnswer),
+    /// Recorded; a release was made or rollouts enqueued.
+    #[response(status = 202)]
+    Enqueued(DeliveryAnswer),
+    /// A required header is missing or the payload is not a push of this sender.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// No app has this repository (or name).
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// Several apps share the repository and the secret; name the app in the URL.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Ambiguous(Problem),
+    /// The body is over 1 MiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// The delivery is invalid.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+    /// Too many deliveries from this address; retry after `Retry-After` seconds.
+    #[response(
+        status = 429,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait."))
+    )]
+    TooMany(Problem),
+}
+
 /// The `/hooks` routes, rate limited per source address.
 pub fn router() -> Router<AppState> {
     let limiter = Arc::new(Limiter::new(HOOK_RATE_PER_MINUTE));
@@ -845,18 +882,7 @@ fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
             (GithubForm = "application/x-www-form-urlencoded"),
         ),
     ),
-    responses(
-        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
-        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
-        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait."))),
-    ),
+    responses(DeliveryResponses),
 )]
 async fn github(
     State(state): State<AppState>,
@@ -885,18 +911,7 @@ async fn github(
             (GithubForm = "application/x-www-form-urlencoded"),
         ),
     ),
-    responses(
-        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
-        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
-        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait."))),
-    ),
+    responses(DeliveryResponses),
 )]
 async fn github_for_app(
     State(state): State<AppState>,
@@ -976,18 +991,7 @@ async fn receive_github(
         description = "GitLab's push or tag push event payload (any event is accepted and recorded).",
         content((Object = "application/json")),
     ),
-    responses(
-        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
-        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
-        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait."))),
-    ),
+    responses(DeliveryResponses),
 )]
 async fn gitlab(
     State(state): State<AppState>,
@@ -1013,18 +1017,7 @@ async fn gitlab(
         description = "GitLab's push or tag push event payload (any event is accepted and recorded).",
         content((Object = "application/json")),
     ),
-    responses(
-        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
-        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
-        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait."))),
-    ),
+    responses(DeliveryResponses),
 )]
 async fn gitlab_for_app(
     State(state): State<AppState>,
@@ -1100,18 +1093,7 @@ async fn receive_gitlab(
         description = "The release to make, as `POST /api/v1/apps/{app}/releases` takes it; it rolls out where the auto-deploy rules admit it.",
         content((NewRelease = "application/json")),
     ),
-    responses(
-        (status = 200, description = "Recorded; nothing was enqueued (ignored, refused, or a duplicate).", body = DeliveryAnswer),
-        (status = 202, description = "Recorded; a release was made or rollouts enqueued.", body = DeliveryAnswer),
-        (status = 400, description = "A required header is missing or the payload is not a push of this sender.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, or the signature (token) does not verify with the app's `webhook_secret`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No app has this repository (or name).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several apps share the repository and the secret; name the app in the URL.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The delivery is invalid.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries from this address; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait."))),
-    ),
+    responses(DeliveryResponses),
 )]
 async fn generic(
     State(state): State<AppState>,
