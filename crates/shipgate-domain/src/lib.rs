@@ -6,6 +6,7 @@
 pub mod config;
 pub mod decide;
 pub mod duration;
+pub mod freeze;
 pub mod pattern;
 pub mod plan;
 pub mod provider;

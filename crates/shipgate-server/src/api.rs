@@ -21,6 +21,7 @@ use shipgate_domain::state::RolloutKind;
 use shipgate_domain::Span;
 use shipgate_store::apps::{self, App};
 use shipgate_store::events::{self, Event, EventFilter};
+use shipgate_store::policy::FreezeOverride;
 use shipgate_store::releases::{self, Created, NewRelease, Release};
 use shipgate_store::rollouts::{
     self, Action, ConfigChange, ConfigEntry, LiveComponent, NewRollout, RollbackRecord,
@@ -485,6 +486,43 @@ struct StartRollout {
     #[serde(default)]
     #[schema(pattern = "^(deploy|promote)$")]
     kind: Option<String>,
+    /// Start it despite the freeze windows that would refuse it (`admin` scope only; audited
+    /// as `freeze.overridden` with the reason and the windows).
+    #[serde(default)]
+    override_freeze: Option<OverrideFreeze>,
+}
+
+/// An admin's override of freeze windows.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OverrideFreeze {
+    /// Why the freeze may not hold this time, for the audit log (not blank).
+    #[schema(pattern = "\\S")]
+    reason: String,
+}
+
+/// The store's override from the request's, once the caller may give one (403 otherwise).
+fn freeze_override<'a>(
+    caller: &Caller,
+    requested: Option<&'a OverrideFreeze>,
+) -> Result<Option<FreezeOverride<'a>>, ApiError> {
+    let Some(requested) = requested else {
+        return Ok(None);
+    };
+    if !caller.has(Scope::Admin) {
+        return Err(ApiError::Forbidden(
+            "overriding a freeze window needs the `admin` scope".into(),
+        ));
+    }
+    if requested.reason.trim().is_empty() {
+        return Err(ApiError::field(
+            "override_freeze.reason",
+            "say why the freeze may not hold",
+        ));
+    }
+    Ok(Some(FreezeOverride {
+        reason: &requested.reason,
+    }))
 }
 
 #[utoipa::path(
@@ -502,7 +540,8 @@ struct StartRollout {
         (status = 404, description = "No such app or environment.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with the environment's state.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No such release, a bad `kind`, or refused by policy (a quarantined release, a freeze).", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not deploy here, or overrides a freeze without the `admin` scope.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such release, a bad `kind`, or refused by policy: a quarantined release, one the promotion rule does not let in yet (not succeeded in the `from` environment, or still soaking there), or a freeze window that blocks it (the detail names them).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 async fn start_rollout(
@@ -512,6 +551,7 @@ async fn start_rollout(
     ApiJson(body): ApiJson<StartRollout>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Deploy, Target::Environment(&app, &environment))?;
+    let override_freeze = freeze_override(&caller, body.override_freeze.as_ref())?;
     let actor = caller.actor;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let release = releases::by_version(&state.pool, environment.app_id, &body.release)
@@ -541,6 +581,7 @@ async fn start_rollout(
             kind,
             actor: &actor,
             trigger: "api",
+            override_freeze,
         },
     )
     .await?;
@@ -558,6 +599,10 @@ struct Rollback {
     /// Why, for the audit log and the people on call (not blank).
     #[schema(pattern = "\\S")]
     reason: String,
+    /// Roll back despite freeze windows that do not allow rollbacks (`admin` scope only;
+    /// audited as `freeze.overridden`).
+    #[serde(default)]
+    override_freeze: Option<OverrideFreeze>,
 }
 
 #[utoipa::path(
@@ -575,7 +620,8 @@ struct Rollback {
         (status = 404, description = "No such app, environment or release.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with the environment's state.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No reason given, or nothing to roll back to.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not deploy here, or overrides a freeze without the `admin` scope.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason given, nothing to roll back to, or a freeze window that does not allow rollbacks (the detail names it).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 async fn roll_back(
@@ -585,10 +631,11 @@ async fn roll_back(
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Deploy, Target::Environment(&app, &environment))?;
-    let actor = caller.actor;
     if body.reason.trim().is_empty() {
         return Err(ApiError::field("reason", "say why you are rolling back"));
     }
+    let override_freeze = freeze_override(&caller, body.override_freeze.as_ref())?;
+    let actor = caller.actor;
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     let id = rollouts::rollback(
         &state.pool,
@@ -597,6 +644,7 @@ async fn roll_back(
             to_release: body.to_release.as_deref(),
             reason: &body.reason,
             trigger: "api",
+            override_freeze,
             detected_at: None,
             actor: &actor,
         },

@@ -69,7 +69,10 @@ pub const GENERIC_DELIVERY_HEADER: &str = "x-shipgate-delivery";
 
 /// What every webhook receiver may answer (for the OpenAPI document).
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code, reason = "only described, never built: the handlers answer through HookError")]
+#[allow(
+    dead_code,
+    reason = "only described, never built: the handlers answer through HookError"
+)]
 enum DeliveryResponses {
     /// Recorded; nothing was enqueued (ignored, refused, or a duplicate).
     #[response(status = 200)]

@@ -292,7 +292,8 @@ pub async fn latest_health(
     .await?)
 }
 
-/// A freeze window: no rollouts start in its environments while it is on.
+/// A freeze window: while it is on, the rollouts it blocks do not start in its environments
+/// (enforced for every way in by [`crate::policy`]).
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct FreezeWindow {
     /// Id.
@@ -324,9 +325,10 @@ pub struct FreezeWindow {
 }
 
 impl FreezeWindow {
-    /// Whether a one-off window is on at `now` (weekly windows are shown, not evaluated here).
+    /// Whether the window is on at `now`, one-off or weekly (an unreadable window counts as on;
+    /// see [`FreezeWindow::on_until`]).
     pub fn is_on(&self, now: DateTime<Utc>) -> bool {
-        matches!((self.starts_at, self.ends_at), (Some(start), Some(end)) if start <= now && now < end)
+        !matches!(self.on_until(now), Ok(None))
     }
 }
 

@@ -907,6 +907,7 @@ impl<'a> Fenced<'a> {
                 to_release: None,
                 reason,
                 trigger: "gate",
+                override_freeze: None,
                 detected_at: Some(detected_at),
                 actor: &actor,
             },

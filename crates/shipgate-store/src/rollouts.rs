@@ -16,6 +16,7 @@ use shipgate_domain::state::{RolloutKind, RolloutState};
 
 use crate::apps::{self, Environment};
 use crate::events::{self, Actor, Scope};
+use crate::policy::{self, FreezeOverride, Initiator};
 use crate::releases::{self, Release};
 use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
 
@@ -41,8 +42,12 @@ pub struct NewRollout<'a> {
     pub kind: RolloutKind,
     /// Who asked.
     pub actor: &'a Actor,
-    /// `api`, `manual`, `webhook`, `demo`.
+    /// `api`, `manual`, `webhook`, `demo`: freeze windows tell people from automation by it
+    /// (see [`Initiator::of_trigger`]).
     pub trigger: &'a str,
+    /// An admin's override of the freeze windows that would refuse it (the caller checks the
+    /// admin's authority); audited with the rollout.
+    pub override_freeze: Option<FreezeOverride<'a>>,
 }
 
 /// The release the environment runs: the one its latest succeeded rollout brought.
@@ -72,7 +77,9 @@ pub(crate) async fn lock_environment(
 }
 
 /// Starts a rollout of a release into an environment: it begins at once, waits for approvals,
-/// or queues behind the rollout that holds the environment.
+/// or queues behind the rollout that holds the environment. Refused (`StoreError::Refused`,
+/// saying why) for a quarantined release, a release the promotion rule does not let in yet, or
+/// while a freeze window blocks it.
 pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     let mut tx = pool.begin().await?;
     let id = start_in(&mut tx, new).await?;
@@ -94,6 +101,19 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
             release.version
         )));
     }
+    // Every way in (API, CLI, webhooks, dashboard) passes here, under the environment's lock.
+    policy::check_promotion(&mut *tx, environment, release).await?;
+    let overridden = policy::check_freezes(
+        &mut *tx,
+        environment,
+        policy::Start {
+            environment: &environment.name,
+            initiator: Initiator::of_trigger(new.trigger),
+            rollback: false,
+        },
+        new.override_freeze,
+    )
+    .await?;
     let targets = apps::targets(&mut *tx, environment.id).await?;
     for component in environment.plan.deployed_components() {
         if release.artifact(&component).is_none() {
@@ -172,6 +192,9 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
         json!({ "release": release.version, "kind": new.kind, "state": state, "trigger": new.trigger }),
     )
     .await?;
+    if let (false, Some(override_freeze)) = (overridden.is_empty(), new.override_freeze) {
+        policy::record_override(&mut *tx, scope, new.actor, &overridden, override_freeze).await?;
+    }
     for old in superseded {
         events::record(
             &mut *tx,
@@ -257,6 +280,9 @@ pub struct RollbackRequest<'a> {
     pub detected_at: Option<DateTime<Utc>>,
     /// Who asked.
     pub actor: &'a Actor,
+    /// An admin's override of the freeze windows that do not allow rollbacks (the caller checks
+    /// the admin's authority); audited with the rollback.
+    pub override_freeze: Option<FreezeOverride<'a>>,
 }
 
 /// Rolls an environment back, in its own transaction. See [`rollback_in`].
@@ -324,6 +350,23 @@ pub async fn rollback_in(
         }
     };
     lock_environment(tx, environment.id).await?;
+    // A rollback the engine starts (`undo`) finishes a rollout already under way: a freeze
+    // never strands a failing deploy. One a person asks for obeys the windows that forbid it.
+    let overridden = if undo.is_none() {
+        policy::check_freezes(
+            &mut *tx,
+            environment,
+            policy::Start {
+                environment: &environment.name,
+                initiator: Initiator::of_trigger(request.trigger),
+                rollback: true,
+            },
+            request.override_freeze,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     if in_flight.is_none() {
         let rolling: Option<Uuid> = sqlx::query_scalar(
             "select id from rollouts where environment_id = $1 and state = 'rolling_back'
@@ -518,6 +561,16 @@ pub async fn rollback_in(
         }),
     )
     .await?;
+    if let (false, Some(override_freeze)) = (overridden.is_empty(), request.override_freeze) {
+        policy::record_override(
+            &mut *tx,
+            scope_event,
+            request.actor,
+            &overridden,
+            override_freeze,
+        )
+        .await?;
+    }
     if let Some(undone) = undone {
         events::record(
             &mut *tx,

@@ -440,6 +440,7 @@ async fn deploy_push(
                 kind: RolloutKind::Deploy,
                 actor,
                 trigger: "webhook",
+                override_freeze: None,
             },
         )
         .await;

@@ -49,6 +49,7 @@ async fn rollouts_in_flight(pool: &PgPool, count: usize) -> Vec<Uuid> {
                 kind: RolloutKind::Deploy,
                 actor: &actor,
                 trigger: "test",
+                override_freeze: None,
             },
         )
         .await
@@ -169,6 +170,7 @@ async fn one_person_counts_once_towards_required_approvals() {
             kind: RolloutKind::Deploy,
             actor: &creator,
             trigger: "test",
+            override_freeze: None,
         },
     )
     .await

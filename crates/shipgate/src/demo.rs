@@ -104,6 +104,7 @@ async fn release_loop(pool: &PgPool, actor: &Actor) -> Result<()> {
                     kind,
                     actor,
                     trigger: "demo",
+                    override_freeze: None,
                 },
             )
             .await?;

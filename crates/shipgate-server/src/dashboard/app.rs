@@ -18,6 +18,7 @@ use shipgate_store::apps::{self, App, Environment};
 use shipgate_store::dashboard::{
     self as views, DeployBucket, FreezeWindow, RestoreBucket, RollbackEntry,
 };
+use shipgate_store::policy;
 use shipgate_store::releases::{self, Release};
 use shipgate_store::rollouts::{self, ConfigChange, ConfigEntry, NewRollout};
 use shipgate_store::webhooks::{self, Delivery};
@@ -127,19 +128,22 @@ pub(super) fn offer(inputs: &OfferInputs<'_>) -> Offer {
             )),
         }
     }
+    // The same rule the store enforces on every start (`FreezeWindow::blocks`), worded for
+    // the button.
     for freeze in inputs.freezes {
-        let covers = freeze
-            .environment
-            .as_deref()
-            .is_none_or(|name| name == environment.name);
-        if covers && freeze.blocks_manual && freeze.is_on(inputs.now) {
+        let start = policy::Start {
+            environment: &environment.name,
+            initiator: policy::Initiator::Person,
+            rollback: false,
+        };
+        if freeze.blocks(start, inputs.now).is_some() {
             blockers.push(format!(
                 "wait for the freeze “{}” to end{}",
                 freeze.name,
-                freeze
-                    .ends_at
-                    .map(|end| format!(" at {}", when(end)))
-                    .unwrap_or_default()
+                match freeze.on_until(inputs.now) {
+                    Ok(Some(end)) => format!(" at {}", when(end)),
+                    _ => String::new(),
+                }
             ));
         }
     }
@@ -349,6 +353,7 @@ pub(super) async fn deploy(
             },
             actor: &session.caller.actor,
             trigger: "manual",
+            override_freeze: None,
         },
     )
     .await?;

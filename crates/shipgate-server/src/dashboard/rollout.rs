@@ -448,6 +448,7 @@ pub(super) async fn roll_back(
                 to_release: None,
                 reason: form.reason.trim(),
                 trigger: "manual",
+                override_freeze: None,
                 detected_at: None,
                 actor: &session.caller.actor,
             },
