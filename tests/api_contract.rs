@@ -251,3 +251,94 @@ async fn waiting_by_long_poll_or_event_stream_ends_with_a_machine_readable_verdi
     assert!(problem.to_string().contains("wait"), "{problem}");
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_over_its_rate_is_told_when_to_retry_and_cors_stays_off_unless_configured() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(
+        BINARY,
+        &db.url,
+        &[
+            ("SHIPGATE_RATE_LIMIT_PER_TOKEN", "20"),
+            ("SHIPGATE_CORS_ORIGINS", "https://ci.example"),
+        ],
+    )
+    .unwrap();
+    // A burst of a quarter of the minute's allowance (at least 5) passes, then 429s.
+    let mut limited = None;
+    for _ in 0..30 {
+        let response = reqwest::Client::new()
+            .get(server.at("/api/v1/apps"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let limited = limited.expect("the token was never limited");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(limited.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/problem+json"));
+    // Another credential has its own allowance.
+    let (status, _) = reqwest::Client::new()
+        .get(server.at("/api/v1/apps"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // CORS: the configured origin may call the API from a browser; any other may not.
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, server.at("/api/v1/apps"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://ci.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://ci.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    db.drop_database().await.unwrap();
+
+    // Without SHIPGATE_CORS_ORIGINS, no origin is allowed; pages carry the security headers.
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, server.at("/api/v1/apps"))
+        .header("origin", "https://ci.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let page = reqwest::get(server.at("/login")).await.unwrap();
+    let headers = page.headers();
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    db.drop_database().await.unwrap();
+}
