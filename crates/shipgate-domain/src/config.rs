@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::duration::Span;
+use crate::notification::{ChannelKind, ChannelSpec, NotificationEvent, Severity};
 use crate::pattern::glob_matches;
 use crate::plan::{
     GateSpec, HealthGate, NoData, OnFailure, PhaseSpec, Plan, PrometheusGate, StepSpec, WebhookGate,
@@ -95,6 +96,39 @@ struct AppDocument {
     #[serde(default)]
     prometheus_url: Option<String>,
     environments: Vec<EnvironmentDocument>,
+    #[serde(default)]
+    notifications: Vec<ChannelDocument>,
+}
+
+/// A notification channel as written: exactly one of `slack` or `webhook`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelDocument {
+    name: String,
+    #[serde(default)]
+    slack: Option<SlackDocument>,
+    #[serde(default)]
+    webhook: Option<ChannelWebhookDocument>,
+    #[serde(default)]
+    environments: Vec<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    severity: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackDocument {
+    webhook_url: Secret,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelWebhookDocument {
+    url: Secret,
+    #[serde(default)]
+    secret: Option<Secret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +512,19 @@ pub struct AppSpec {
     pub has_webhook_secret: bool,
     /// Environments in promotion order.
     pub environments: Vec<EnvironmentSpec>,
+    /// Notification channels (their URLs and secrets are held apart, sealed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<ChannelSpec>,
+}
+
+/// A channel's sealed parts: the URL (a Slack webhook URL is itself a credential) and the
+/// signing secret of a generic webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSecrets {
+    /// Where to POST.
+    pub url: Secret,
+    /// The HMAC-SHA256 key of `X-Shipgate-Signature`.
+    pub secret: Option<Secret>,
 }
 
 /// A validated document: the spec plus the secrets it carried.
@@ -489,6 +536,8 @@ pub struct AppliedDocument {
     pub credentials: BTreeMap<String, Secret>,
     /// The webhook secret, if given.
     pub webhook_secret: Option<Secret>,
+    /// Each notification channel's URL and secret, by channel name.
+    pub channel_secrets: BTreeMap<String, ChannelSecrets>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,10 +657,29 @@ pub fn validate(tree: Value) -> Result<AppliedDocument, ConfigError> {
     let mut errors = Vec::new();
     let spec = build_spec(&document, &mut errors);
     if errors.is_empty() {
+        let channel_secrets = document
+            .notifications
+            .into_iter()
+            .filter_map(|channel| {
+                let secrets = match (channel.slack, channel.webhook) {
+                    (Some(slack), None) => ChannelSecrets {
+                        url: slack.webhook_url,
+                        secret: None,
+                    },
+                    (None, Some(webhook)) => ChannelSecrets {
+                        url: webhook.url,
+                        secret: webhook.secret,
+                    },
+                    _ => return None,
+                };
+                Some((channel.name, secrets))
+            })
+            .collect();
         Ok(AppliedDocument {
             spec,
             credentials: document.credentials,
             webhook_secret: document.webhook_secret,
+            channel_secrets,
         })
     } else {
         Err(ConfigError { errors })
@@ -789,6 +857,7 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
         });
     }
 
+    let notifications = build_channels(document, &environment_names, errors);
     AppSpec {
         app: document.app.clone(),
         repository: document.repository.clone(),
@@ -796,7 +865,132 @@ fn build_spec(document: &AppDocument, errors: &mut Vec<FieldError>) -> AppSpec {
         credential_names: document.credentials.keys().cloned().collect(),
         has_webhook_secret: document.webhook_secret.is_some(),
         environments,
+        notifications,
     }
+}
+
+/// Whether `url` may receive notifications: HTTPS, or plain HTTP to this machine (tests).
+fn is_allowed_notification_url(url: &str) -> bool {
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+fn build_channels(
+    document: &AppDocument,
+    environment_names: &BTreeSet<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<ChannelSpec> {
+    let mut push = |field: String, message: String| errors.push(FieldError { field, message });
+    let mut names = BTreeSet::new();
+    let mut channels = Vec::new();
+    for (index, channel) in document.notifications.iter().enumerate() {
+        let at = format!("notifications[{index}]");
+        if !is_valid_name(&channel.name) {
+            push(
+                format!("{at}.name"),
+                format!("`{}` {NAME_RULE}", channel.name),
+            );
+        }
+        if !names.insert(channel.name.as_str()) {
+            push(
+                format!("{at}.name"),
+                format!("channel `{}` is declared twice", channel.name),
+            );
+        }
+        // The URL is a secret: the messages name the field, never the value.
+        let (kind, url_field, url, signed) = match (&channel.slack, &channel.webhook) {
+            (Some(slack), None) => (
+                ChannelKind::Slack,
+                format!("{at}.slack.webhook_url"),
+                &slack.webhook_url,
+                false,
+            ),
+            (None, Some(webhook)) => {
+                if webhook
+                    .secret
+                    .as_ref()
+                    .is_some_and(|secret| secret.expose().is_empty())
+                {
+                    push(format!("{at}.webhook.secret"), "the secret is empty".into());
+                }
+                (
+                    ChannelKind::Webhook,
+                    format!("{at}.webhook.url"),
+                    &webhook.url,
+                    webhook.secret.is_some(),
+                )
+            }
+            _ => {
+                push(
+                    at.clone(),
+                    "give exactly one of `slack: { webhook_url }` or `webhook: { url, secret }`"
+                        .into(),
+                );
+                continue;
+            }
+        };
+        if !is_allowed_notification_url(url.expose()) {
+            push(
+                url_field,
+                "must be an https:// URL (http:// only to 127.0.0.1 or localhost)".into(),
+            );
+        }
+        for (position, environment) in channel.environments.iter().enumerate() {
+            if !environment_names.contains(environment.as_str()) {
+                push(
+                    format!("{at}.environments[{position}]"),
+                    format!("`{environment}` is not one of the app's environments"),
+                );
+            }
+        }
+        let mut events = Vec::new();
+        for (position, name) in channel.events.iter().enumerate() {
+            match NotificationEvent::parse(name) {
+                Some(event) => events.push(event),
+                None => push(
+                    format!("{at}.events[{position}]"),
+                    format!(
+                        "`{name}` is not an event: one of {}",
+                        NotificationEvent::ALL
+                            .map(NotificationEvent::as_str)
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
+        let severity = match channel.severity.as_deref() {
+            None => Severity::Info,
+            Some(name) => match Severity::ALL.into_iter().find(|s| s.as_str() == name) {
+                Some(severity) => severity,
+                None => {
+                    push(
+                        format!("{at}.severity"),
+                        format!("`{name}` is not a severity: one of info, warning, critical"),
+                    );
+                    Severity::Info
+                }
+            },
+        };
+        channels.push(ChannelSpec {
+            name: channel.name.clone(),
+            kind,
+            environments: channel.environments.clone(),
+            events,
+            severity,
+            signed,
+        });
+    }
+    channels
 }
 
 /// Platforms that deploy a new version at 0% traffic (Cloud Run pins traffic so a canary can

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decide;
 pub mod duration;
 pub mod freeze;
+pub mod notification;
 pub mod pattern;
 pub mod plan;
 pub mod provider;

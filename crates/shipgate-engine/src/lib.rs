@@ -6,6 +6,8 @@
 //! before the provider is called, so a worker that resumes a step with intent but no provider
 //! reference asks the provider whether the operation exists instead of calling it again.
 
+pub mod notifier;
+
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hooks;
 pub mod idempotency;
 pub mod limits;
+pub mod notifications;
 pub mod openapi;
 pub mod ops;
 
@@ -178,6 +179,7 @@ pub fn app(state: AppState) -> Router {
     let api = api::router()
         .merge(access::router())
         .merge(hooks::api_router())
+        .merge(notifications::router())
         .merge(openapi::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

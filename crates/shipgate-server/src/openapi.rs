@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{access, api, hooks, ops, AppState};
+use crate::{access, api, hooks, notifications, ops, AppState};
 
 /// Where the document is served.
 pub const PATH: &str = "/api/v1/openapi.json";
@@ -60,6 +60,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         access::create_user,
         access::disable_user,
         hooks::list_deliveries,
+        notifications::list_notifications,
         hooks::github,
         hooks::github_for_app,
         hooks::gitlab,
@@ -80,6 +81,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "events", description = "The audit log."),
         (name = "access", description = "API tokens and dashboard users (admin only)."),
         (name = "webhooks", description = "Git and CI deliveries, verified by signature rather than token."),
+        (name = "notifications", description = "Notifications of rollouts and rollbacks to Slack and signed webhooks, and their delivery."),
         (name = "operations", description = "Liveness, readiness, metrics and this document."),
     ),
 )]

@@ -90,6 +90,7 @@ pub async fn apply(
     let components = sync_components(&mut tx, app_id, spec).await?;
     sync_environments(&mut tx, app_id, spec, &components).await?;
     sync_credentials(&mut tx, app_id, document, secrets, &mut outcome).await?;
+    crate::notifications::sync_channels(&mut tx, app_id, document, secrets, &mut outcome).await?;
     if let Some(secret) = &document.webhook_secret {
         let (sealed, key_id): (Option<Vec<u8>>, Option<String>) = sqlx::query_as(
             "select webhook_secret_ciphertext, webhook_secret_key_id from apps where id = $1",
@@ -199,6 +200,9 @@ fn describe_changes(old: &AppSpec, new: &AppSpec, changes: &mut Vec<String>) {
         if !new.environments.iter().any(|e| e.name == environment.name) {
             changes.push(format!("environment {} retired", environment.name));
         }
+    }
+    if old.notifications != new.notifications {
+        changes.push("notification routing changed".to_owned());
     }
 }
 

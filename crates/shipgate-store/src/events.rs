@@ -6,7 +6,9 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::StoreError;
+use shipgate_domain::notification::NotificationEvent;
+
+use crate::{notifications, StoreError};
 
 /// Who did something.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,7 +69,10 @@ pub struct Scope {
     pub rollout_id: Option<Uuid>,
 }
 
-/// Appends an event.
+/// Appends an event. One that announces a notification (a rollout started, paused, succeeded
+/// or failed, an approval requested, a rollback started or finished) also queues it for the
+/// app's channels that route it, in the same statement, so the caller's transaction commits
+/// both or neither.
 pub async fn record(
     executor: impl PgExecutor<'_>,
     scope: Scope,
@@ -75,6 +80,12 @@ pub async fn record(
     action: &str,
     details: Value,
 ) -> Result<(), StoreError> {
+    if scope.app_id.is_some() {
+        if let Some(event) = NotificationEvent::from_action(action, &details) {
+            return notifications::record_announced(executor, scope, actor, action, details, event)
+                .await;
+        }
+    }
     sqlx::query(
         "insert into events (app_id, environment_id, rollout_id, actor_kind, actor, action, details)
          values ($1, $2, $3, $4, $5, $6, $7)",

@@ -12,6 +12,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod notifications;
 pub mod policy;
 pub mod releases;
 pub mod rollouts;

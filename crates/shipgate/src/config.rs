@@ -88,6 +88,11 @@ pub struct ServerConfig {
     /// Serve `/metrics` without a token (for a scraper on a private network).
     #[arg(long, env = "SHIPGATE_METRICS_PUBLIC", default_value_t = false)]
     pub metrics_public: bool,
+
+    /// The dashboard's public base URL (`https://shipgate.example.com`), for links to rollout
+    /// pages in notifications; without it, notifications carry no link.
+    #[arg(long, env = "SHIPGATE_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {

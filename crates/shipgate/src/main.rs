@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use shipgate_domain::decide::Timing;
+use shipgate_engine::notifier::{Notifier, NotifierConfig};
 use shipgate_engine::{Engine, EngineConfig};
 use shipgate_providers::simulated::Simulated;
 use shipgate_providers::Registry;
@@ -401,6 +402,15 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let engine_task = tokio::spawn(Arc::clone(&engine).run(wait_for_stop(stopped.clone())));
+    let notifier = Notifier::new(
+        pool.clone(),
+        secrets.clone(),
+        NotifierConfig {
+            public_url: config.public_url.clone().filter(|url| !url.is_empty()),
+            ..NotifierConfig::default()
+        },
+    );
+    let notifier_task = tokio::spawn(notifier.run(wait_for_stop(stopped.clone())));
     let state = AppState::new(
         pool.clone(),
         secrets.clone(),
@@ -441,6 +451,7 @@ async fn serve(config: ServerConfig, demo: bool) -> Result<()> {
     });
     server.await.context("serving HTTP")?;
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), notifier_task).await;
     Ok(())
 }
 

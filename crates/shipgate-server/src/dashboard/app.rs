@@ -1,8 +1,8 @@
 //! An app's pages: the pipeline (environments left to right, recent releases, promote buttons
 //! that say what the policy still requires), releases (where each is live; quarantine and
 //! clear), rollback history (with the incident note and the post-rollback checklist), config
-//! and flags per environment with their history, freeze windows, webhook deliveries, and the
-//! delivery metrics (deployment frequency, lead time, change failure rate, time to restore).
+//! and flags per environment with their history, freeze windows, webhook deliveries,
+//! notifications and what became of them, and the delivery metrics (deployment frequency, lead time, change failure rate, time to restore).
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -18,6 +18,7 @@ use shipgate_store::apps::{self, App, Environment};
 use shipgate_store::dashboard::{
     self as views, DeployBucket, FreezeWindow, RestoreBucket, RollbackEntry,
 };
+use shipgate_store::notifications::{self, Notification};
 use shipgate_store::policy;
 use shipgate_store::releases::{self, Release};
 use shipgate_store::rollouts::{self, ConfigChange, ConfigEntry, NewRollout};
@@ -910,6 +911,48 @@ pub(super) async fn deliveries(
         nav: session.nav(Some(&app.name), "deliveries"),
         app: app.name,
         deliveries,
+        next,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications.
+
+#[derive(Template)]
+#[template(path = "notifications.html")]
+struct NotificationsPage {
+    nav: Nav,
+    app: String,
+    notifications: Vec<Notification>,
+    next: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct NotificationsQuery {
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+/// The app's notifications, newest first, with their delivery state. They span every
+/// environment, so a session limited to one environment may not read them.
+pub(super) async fn notifications(
+    session: Session,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(page): Query<NotificationsQuery>,
+) -> Result<Html<String>, PageError> {
+    session
+        .caller
+        .require(Scope::Read, Target::WholeApp(&name))?;
+    let app = apps::get(&state.pool, &name).await?;
+    let notifications = notifications::list(&state.pool, app.id, page.before, PAGE).await?;
+    let next = (notifications.len() as i64 == PAGE)
+        .then(|| notifications.last().map(|n| n.id))
+        .flatten();
+    render(&NotificationsPage {
+        nav: session.nav(Some(&app.name), "notifications"),
+        app: app.name,
+        notifications,
         next,
     })
 }

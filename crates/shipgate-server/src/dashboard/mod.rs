@@ -89,6 +89,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/apps/{app}/freezes/{id}/delete", post(app::delete_freeze))
         .route("/apps/{app}/deliveries", get(app::deliveries))
+        .route("/apps/{app}/notifications", get(app::notifications))
         .route("/apps/{app}/metrics", get(app::metrics))
         .route("/audit", get(admin::audit))
         .route("/access", get(admin::access))
