@@ -123,6 +123,7 @@ impl Engine {
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
         let drift = (!self.config.drift_interval.is_zero())
             .then(|| tokio::spawn(Arc::clone(&self).watch_drift()));
+        let promotions = tokio::spawn(Arc::clone(&self).promote());
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         tokio::pin!(shutdown);
         loop {
@@ -150,11 +151,20 @@ impl Engine {
                             self.held.lock().expect("lock").insert(id);
                             let engine = Arc::clone(&self);
                             tokio::spawn(async move {
-                                engine.drive(id).await;
+                                let due = engine.drive(id).await;
                                 engine.held.lock().expect("lock").remove(&id);
                                 drop(permit);
                                 // A finished drive may have freed an environment: look again.
                                 engine.wake.notify_one();
+                                // Due again soon (a step poll, a soak ending, a gate's next
+                                // check): look again then, not up to a poll interval later.
+                                if let Some(due) = due {
+                                    let wait = (due - Utc::now()).to_std().unwrap_or_default();
+                                    if wait <= engine.config.poll_interval * 60 {
+                                        tokio::time::sleep(wait).await;
+                                        engine.wake.notify_one();
+                                    }
+                                }
                             });
                         }
                     }
@@ -168,6 +178,7 @@ impl Engine {
             }
         }
         listener.abort();
+        promotions.abort();
         if let Some(drift) = drift {
             drift.abort();
         }
@@ -286,6 +297,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts the automatic promotions that are due (a release soaked long enough in the
+    /// environment an `auto: true` promotion rule names), each poll interval. Every replica
+    /// looks; the environment's lock and a unique index let only one promote a release.
+    async fn promote(self: Arc<Self>) {
+        let actor = shipgate_store::Actor::engine(&self.config.replica);
+        loop {
+            tokio::time::sleep(self.config.poll_interval).await;
+            match shipgate_store::promotions::promote_due(&self.pool, &actor).await {
+                Ok(started) if !started.is_empty() => {
+                    metrics::counter!("shipgate_auto_promotions_total")
+                        .increment(started.len() as u64);
+                    self.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%error, "automatic promotion failed; retrying"),
+            }
+        }
+    }
+
     async fn heartbeat(self: Arc<Self>) {
         let every = self.config.lease / 3;
         loop {
@@ -302,12 +332,15 @@ impl Engine {
         }
     }
 
-    /// Drives one claimed rollout until it has nothing to do now, then gives the lease back.
-    async fn drive(&self, id: Uuid) {
+    /// Drives one claimed rollout until it has nothing to do now, then gives the lease back;
+    /// returns when the rollout is due again, if it said.
+    async fn drive(&self, id: Uuid) -> Option<chrono::DateTime<Utc>> {
         let mut seen_version = 0;
         let outcome = self.tick(id, &mut seen_version).await;
+        let mut due = None;
         let result = match outcome {
             Ok(wake_at) => {
+                due = Some(wake_at);
                 store::release_lease(&self.pool, id, &self.config.replica, seen_version, wake_at)
                     .await
             }
@@ -345,6 +378,7 @@ impl Engine {
         if let Err(error) = result {
             warn!(rollout.id = %id, %error, "giving the lease back failed; it will lapse");
         }
+        due
     }
 
     /// After repeated engine errors a rollout fails with the reason rather than retrying forever.
@@ -462,7 +496,12 @@ impl Engine {
                     .await?;
                 return Ok(activated);
             }
-            Transition::Start => self.fence(loaded).await?.start().await?,
+            Transition::Start => {
+                // Held back while the app's line is stopped.
+                if !self.fence(loaded).await?.start().await? {
+                    return Ok(false);
+                }
+            }
             Transition::StartPhase(index) => {
                 info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase started");
                 self.fence(loaded).await?.start_phase(index).await?;

@@ -21,6 +21,7 @@ use shipgate_domain::state::RolloutKind;
 use shipgate_domain::Span;
 use shipgate_store::apps::{self, App};
 use shipgate_store::events::{self, Event, EventFilter};
+use shipgate_store::line::{self, LineOutcome};
 use shipgate_store::policy::FreezeOverride;
 use shipgate_store::releases::{self, Created, NewRelease, Release};
 use shipgate_store::rollouts::{
@@ -67,6 +68,10 @@ pub fn router() -> Router<AppState> {
             "/apps/{app}/environments/{environment}/auto-deploy/resume",
             post(resume_auto_deploy),
         )
+        .route("/apps/{app}/stop-the-line", post(stop_app_line))
+        .route("/apps/{app}/resume-the-line", post(resume_app_line))
+        .route("/stop-the-line", post(stop_every_line))
+        .route("/resume-the-line", post(resume_every_line))
         .route("/rollouts", get(list_rollouts))
         .route("/rollouts/{id}", get(get_rollout))
         .route("/rollouts/{id}/events", get(rollout_events))
@@ -541,7 +546,7 @@ fn freeze_override<'a>(
         (status = 409, description = "Conflicts with the environment's state.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token may not deploy here, or overrides a freeze without the `admin` scope.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No such release, a bad `kind`, or refused by policy: a quarantined release, one the promotion rule does not let in yet (not succeeded in the `from` environment, or still soaking there), or a freeze window that blocks it (the detail names them).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such release, a bad `kind`, or refused by policy: a quarantined release, one the promotion rule does not let in yet (not succeeded in the `from` environment, or still soaking there), a freeze window that blocks it, or a stopped line (the detail names them).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 async fn start_rollout(
@@ -753,6 +758,129 @@ async fn resume_auto_deploy(
     let environment = apps::environment(&state.pool, &app, &environment).await?;
     rollouts::resume_auto_deploy(&state.pool, &environment, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A request to stop the line.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StopTheLine {
+    /// Why, for the audit log, the paused rollouts and every start refused meanwhile (not blank).
+    #[schema(pattern = "\\S")]
+    reason: String,
+}
+
+fn line_reason(body: &StopTheLine) -> Result<&str, ApiError> {
+    match body.reason.trim() {
+        "" => Err(ApiError::field("reason", "say why you stop the line")),
+        reason => Ok(reason),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/stop-the-line",
+    tag = "rollouts",
+    summary = "Stop the line of an app: pause its rollouts in progress and start nothing new",
+    description = "Pauses every rollout in progress in the app's environments (rollbacks excepted) \
+        and holds back queued and approved ones; new rollouts are refused, naming the reason, \
+        until the line is resumed. Rollbacks are still allowed. Stopping a stopped line keeps its \
+        reason. Needs the `deploy` scope on the whole app.",
+    params(("app" = String, Path, description = "The app's name.")),
+    request_body(content = StopTheLine, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The line is stopped; the rollouts this call paused.", body = LineOutcome),
+        (status = 403, description = "The token may not deploy to the whole app.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason given.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn stop_app_line(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    ApiJson(body): ApiJson<StopTheLine>,
+) -> Result<Json<LineOutcome>, ApiError> {
+    caller.require(Scope::Deploy, Target::WholeApp(&app))?;
+    let reason = line_reason(&body)?;
+    let app = apps::get(&state.pool, &app).await?;
+    Ok(Json(
+        line::stop(&state.pool, Some(app.id), reason, &caller.actor).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/resume-the-line",
+    tag = "rollouts",
+    summary = "Resume the line of an app",
+    description = "Clears the stop and resumes exactly the rollouts it paused (not ones paused \
+        for other reasons); queued and approved rollouts go ahead. Resuming a running line does \
+        nothing. Needs the `deploy` scope on the whole app.",
+    params(("app" = String, Path, description = "The app's name.")),
+    responses(
+        (status = 200, description = "The line runs; the rollouts this call resumed.", body = LineOutcome),
+        (status = 403, description = "The token may not deploy to the whole app.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such app.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn resume_app_line(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<Json<LineOutcome>, ApiError> {
+    caller.require(Scope::Deploy, Target::WholeApp(&app))?;
+    let app = apps::get(&state.pool, &app).await?;
+    Ok(Json(
+        line::resume(&state.pool, Some(app.id), &caller.actor).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/stop-the-line",
+    tag = "rollouts",
+    summary = "Stop the line of every app",
+    description = "What `POST /api/v1/apps/{app}/stop-the-line` does, for every app at once. \
+        Needs the `admin` scope.",
+    request_body(content = StopTheLine, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every line is stopped; the rollouts this call paused.", body = LineOutcome),
+        (status = 403, description = "The token is not an admin's.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason given.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn stop_every_line(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StopTheLine>,
+) -> Result<Json<LineOutcome>, ApiError> {
+    caller.require(Scope::Admin, Target::Global)?;
+    let reason = line_reason(&body)?;
+    Ok(Json(
+        line::stop(&state.pool, None, reason, &caller.actor).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/resume-the-line",
+    tag = "rollouts",
+    summary = "Resume the line of every app",
+    description = "Clears every app's stop (including stops of single apps) and resumes the \
+        rollouts those stops paused. Needs the `admin` scope.",
+    responses(
+        (status = 200, description = "Every line runs; the rollouts this call resumed.", body = LineOutcome),
+        (status = 403, description = "The token is not an admin's.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn resume_every_line(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<LineOutcome>, ApiError> {
+    caller.require(Scope::Admin, Target::Global)?;
+    Ok(Json(line::resume(&state.pool, None, &caller.actor).await?))
 }
 
 /// Which rollouts to list.

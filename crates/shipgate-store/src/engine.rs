@@ -21,6 +21,7 @@ use shipgate_domain::plan::Plan;
 use shipgate_domain::state::{PhaseState, RolloutKind, RolloutState, StepState, Verdict};
 
 use crate::events::{self, Actor, Scope};
+use crate::line;
 use crate::releases::{self, Release};
 use crate::rollouts::{self, finish_phases, notify, wake_queue};
 use crate::StoreError;
@@ -63,8 +64,13 @@ pub async fn renew(
     lease: Duration,
 ) -> Result<Vec<Uuid>, StoreError> {
     Ok(sqlx::query_scalar(
+        // In id order, skipping rows a drive has locked this instant (it is writing them, and
+        // the next heartbeat comes well before the lease ends): locking a batch in arbitrary
+        // order while drives lock single rows deadlocked under load.
         "update rollouts set lease_until = now() + make_interval(secs => $3)
-          where id = any($2) and lease_owner = $1 returning id",
+          where id in (select id from rollouts where id = any($2) and lease_owner = $1
+                        order by id for update skip locked)
+         returning id",
     )
     .bind(owner)
     .bind(ids)
@@ -523,6 +529,9 @@ impl<'a> Fenced<'a> {
             self.commit().await?;
             return Ok(true);
         }
+        if self.line_stopped().await? {
+            return Ok(false);
+        }
         // What a rollback returns to is what ran when this rollout began, not when it queued.
         sqlx::query(
             "update rollouts set activated_at = now(),
@@ -558,11 +567,27 @@ impl<'a> Fenced<'a> {
         Ok(true)
     }
 
-    /// `pending_approval` → `in_progress`.
-    pub async fn start(mut self) -> Result<(), StoreError> {
+    /// `pending_approval` → `in_progress`. Returns false, changing nothing, while the app's
+    /// line is stopped (resuming the line wakes the rollout).
+    pub async fn start(mut self) -> Result<bool, StoreError> {
+        if self.line_stopped().await? {
+            return Ok(false);
+        }
         self.set_state(RolloutState::InProgress, None).await?;
         self.event("rollout.started", json!({})).await?;
-        self.commit().await
+        self.commit().await?;
+        Ok(true)
+    }
+
+    /// Whether the app's line is stopped for this rollout (rollbacks are exempt); holds the
+    /// app's row so the line cannot stop before this transaction commits.
+    async fn line_stopped(&mut self) -> Result<bool, StoreError> {
+        if self.loaded.view.kind == RolloutKind::Rollback {
+            return Ok(false);
+        }
+        Ok(line::stopped(&mut self.tx, self.loaded.app_id)
+            .await?
+            .is_some())
     }
 
     /// A phase starts its steps.

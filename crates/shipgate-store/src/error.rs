@@ -28,6 +28,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database broke a deadlock by aborting this transaction (it may be retried
+    /// whole).
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.code().as_deref() == Some("40P01")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the error is a unique violation of the named constraint.
     pub fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
         match error {

@@ -16,6 +16,7 @@ use shipgate_domain::state::{RolloutKind, RolloutState};
 
 use crate::apps::{self, Environment};
 use crate::events::{self, Actor, Scope};
+use crate::line;
 use crate::policy::{self, FreezeOverride, Initiator};
 use crate::releases::{self, Release};
 use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
@@ -78,8 +79,8 @@ pub(crate) async fn lock_environment(
 
 /// Starts a rollout of a release into an environment: it begins at once, waits for approvals,
 /// or queues behind the rollout that holds the environment. Refused (`StoreError::Refused`,
-/// saying why) for a quarantined release, a release the promotion rule does not let in yet, or
-/// while a freeze window blocks it.
+/// saying why) for a quarantined release, a release the promotion rule does not let in yet,
+/// while a freeze window blocks it, or while the app's line is stopped.
 pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     let mut tx = pool.begin().await?;
     let id = start_in(&mut tx, new).await?;
@@ -95,6 +96,9 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
     let release = new.release;
     lock_environment(&mut *tx, environment.id).await?;
 
+    if let Some(reason) = line::stopped(&mut *tx, environment.app_id).await? {
+        return Err(line::refusal(&environment.app, &reason));
+    }
     if let Some(reason) = &release.quarantine_reason {
         return Err(StoreError::Refused(format!(
             "release {} is quarantined ({reason}); clear the quarantine before deploying it",
@@ -791,7 +795,7 @@ pub async fn act(
     if next != state {
         sqlx::query(
             "update rollouts set state = $2::rollout_state,
-                    state_reason = $3,
+                    state_reason = $3, line_stopped_at = null,
                     finished_at = case when $2 = 'cancelled' then now() else finished_at end,
                     next_wake_at = now(), updated_at = now(), version = version + 1
               where id = $1",

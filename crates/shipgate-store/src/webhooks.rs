@@ -213,6 +213,23 @@ pub async fn ingest(
     delivery: &NewDelivery<'_>,
     work: &Work,
 ) -> Result<Outcome, StoreError> {
+    // A push locks the environment, then the queued rollouts it supersedes; the engine locks a
+    // rollout, then (activating it) rows of its environment. When the two cross, Postgres
+    // aborts one; the delivery's transaction is then retried whole (nothing of it committed).
+    let mut attempt = 1;
+    loop {
+        match ingest_once(pool, delivery, work).await {
+            Err(error) if error.is_deadlock() && attempt < 5 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn ingest_once(
+    pool: &PgPool,
+    delivery: &NewDelivery<'_>,
+    work: &Work,
+) -> Result<Outcome, StoreError> {
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let claimed: Option<Uuid> = sqlx::query_scalar(

@@ -1,0 +1,256 @@
+//! "Stop the line": pausing every rollout in flight in an app (or in all apps) at once, and
+//! holding back anything new until someone resumes the line. While an app's line is stopped,
+//! [`crate::rollouts::start_in`] refuses new rollouts (naming the reason) and the engine
+//! neither activates queued rollouts nor starts approved ones; rollbacks are exempt, so a bad
+//! deploy can still be undone. Resuming the line resumes exactly the rollouts the stop paused.
+//!
+//! Lock order: the apps' rows first, then the rollouts'. Whoever starts a rollout (a request or
+//! the engine) reads the app's row `for share`, so a start and a stop never interleave: the start
+//! either commits before the stop looks for rollouts in flight, or sees the line stopped.
+
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::events::{self, Actor, Scope};
+use crate::rollouts::notify;
+use crate::StoreError;
+
+/// A rollout a line stop paused, or a line resume resumed.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct LineRollout {
+    /// Id.
+    pub id: Uuid,
+    /// App.
+    pub app: String,
+    /// Environment.
+    pub environment: String,
+    /// Release version.
+    pub release: String,
+    /// State after the stop or resume.
+    pub state: String,
+}
+
+/// What a stop or resume of the line did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct LineOutcome {
+    /// Why the line is stopped (`None` after a resume).
+    pub reason: Option<String>,
+    /// The rollouts paused (by a stop) or resumed (by a resume), oldest first.
+    pub rollouts: Vec<LineRollout>,
+}
+
+/// Why the app's line is stopped, if it is. Holds the app's row `for share` until the
+/// transaction ends, so the line cannot stop between this check and the start it guards.
+pub async fn stopped(tx: &mut PgConnection, app_id: Uuid) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select line_stopped_reason from apps where id = $1 and line_stopped_at is not null
+            for share",
+    )
+    .bind(app_id)
+    .fetch_optional(&mut *tx)
+    .await?)
+}
+
+/// The refusal of a start while the line is stopped.
+pub fn refusal(app: &str, reason: &str) -> StoreError {
+    StoreError::Refused(format!(
+        "the line of {app} is stopped ({reason}); nothing new starts until it is resumed \
+         (rollbacks still may)"
+    ))
+}
+
+/// Stops the line of one app (`Some(app_id)`) or of every app (`None`): pauses every rollout in
+/// progress there (rollbacks excepted) and holds back anything new. Stopping a stopped line
+/// keeps its reason and pauses only what runs again since. Returns the rollouts it paused.
+pub async fn stop(
+    pool: &PgPool,
+    app_id: Option<Uuid>,
+    reason: &str,
+    actor: &Actor,
+) -> Result<LineOutcome, StoreError> {
+    let mut tx = pool.begin().await?;
+    let apps: Vec<(Uuid, String)> = sqlx::query_as(
+        "update apps set line_stopped_at = coalesce(line_stopped_at, now()),
+                line_stopped_reason = coalesce(line_stopped_reason, $2),
+                line_stopped_by = coalesce(line_stopped_by, $3)
+          where ($1::uuid is null or id = $1)
+         returning id, line_stopped_reason",
+    )
+    .bind(app_id)
+    .bind(reason)
+    .bind(actor.label())
+    .fetch_all(&mut *tx)
+    .await?;
+    if app_id.is_some() && apps.is_empty() {
+        return Err(StoreError::NotFound("app".into()));
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "select id from rollouts
+          where ($1::uuid is null or app_id = $1) and state = 'in_progress' and kind <> 'rollback'
+          order by id for update",
+    )
+    .bind(app_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let paused: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "update rollouts r set state = 'paused',
+                state_reason = 'the line was stopped: ' || a.line_stopped_reason,
+                line_stopped_at = now(), next_wake_at = now(), updated_at = now(),
+                version = r.version + 1
+           from apps a
+          where a.id = r.app_id and r.id = any($1)
+         returning r.id, r.app_id, r.environment_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, app, environment) in &paused {
+        let reason = apps
+            .iter()
+            .find(|(stopped, _)| stopped == app)
+            .map_or(reason, |(_, reason)| reason.as_str());
+        events::record(
+            &mut *tx,
+            Scope {
+                app_id: Some(*app),
+                environment_id: Some(*environment),
+                rollout_id: Some(*id),
+            },
+            actor,
+            "rollout.pause",
+            json!({ "from": "in_progress", "to": "paused", "line_stopped": true, "reason": reason }),
+        )
+        .await?;
+        notify(&mut tx, *id).await?;
+    }
+    let reason = match app_id {
+        Some(_) => apps.first().map(|(_, reason)| reason.clone()),
+        None => Some(reason.to_owned()),
+    };
+    events::record(
+        &mut *tx,
+        Scope {
+            app_id,
+            environment_id: None,
+            rollout_id: None,
+        },
+        actor,
+        "line.stopped",
+        json!({ "reason": reason, "paused": ids }),
+    )
+    .await?;
+    let rollouts = summaries(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(LineOutcome { reason, rollouts })
+}
+
+/// Resumes the line of one app or of every app: clears the stop, resumes the rollouts the stop
+/// paused that are still paused by it (one a person resumed and paused again meanwhile stays
+/// paused), and wakes what waited to start. Resuming a running line does nothing.
+pub async fn resume(
+    pool: &PgPool,
+    app_id: Option<Uuid>,
+    actor: &Actor,
+) -> Result<LineOutcome, StoreError> {
+    let mut tx = pool.begin().await?;
+    let cleared = sqlx::query(
+        "update apps set line_stopped_at = null, line_stopped_reason = null, line_stopped_by = null
+          where ($1::uuid is null or id = $1)",
+    )
+    .bind(app_id)
+    .execute(&mut *tx)
+    .await?;
+    if app_id.is_some() && cleared.rows_affected() == 0 {
+        return Err(StoreError::NotFound("app".into()));
+    }
+    // A rollout the stop paused that has moved on since (cancelled, rolled back) only drops
+    // the mark.
+    sqlx::query(
+        "update rollouts set line_stopped_at = null
+          where ($1::uuid is null or app_id = $1) and line_stopped_at is not null
+            and state <> 'paused'",
+    )
+    .bind(app_id)
+    .execute(&mut *tx)
+    .await?;
+    let resumed: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "update rollouts set state = 'in_progress', state_reason = null, line_stopped_at = null,
+                next_wake_at = now(), updated_at = now(), version = version + 1
+          where ($1::uuid is null or app_id = $1) and line_stopped_at is not null
+            and state = 'paused'
+         returning id, app_id, environment_id",
+    )
+    .bind(app_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut resumed_ids = Vec::new();
+    for (id, app, environment) in resumed {
+        resumed_ids.push(id);
+        events::record(
+            &mut *tx,
+            Scope {
+                app_id: Some(app),
+                environment_id: Some(environment),
+                rollout_id: Some(id),
+            },
+            actor,
+            "rollout.resume",
+            json!({ "from": "paused", "to": "in_progress", "line_resumed": true }),
+        )
+        .await?;
+        notify(&mut tx, id).await?;
+    }
+    // Queued and approved rollouts held back by the stop: look at them again now. One locked
+    // this instant is being activated or started by the engine, which waits for the app's row
+    // we hold and then sees the line running (waiting for it here would deadlock).
+    let waiting: Vec<Uuid> = sqlx::query_scalar(
+        "update rollouts set next_wake_at = now(), version = version + 1
+          where id in (select id from rollouts
+                        where ($1::uuid is null or app_id = $1)
+                          and state in ('queued', 'pending_approval')
+                        order by id for update skip locked)
+         returning id",
+    )
+    .bind(app_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in waiting {
+        notify(&mut tx, id).await?;
+    }
+    events::record(
+        &mut *tx,
+        Scope {
+            app_id,
+            environment_id: None,
+            rollout_id: None,
+        },
+        actor,
+        "line.resumed",
+        json!({ "resumed": resumed_ids }),
+    )
+    .await?;
+    let rollouts = summaries(&mut tx, &resumed_ids).await?;
+    tx.commit().await?;
+    Ok(LineOutcome {
+        reason: None,
+        rollouts,
+    })
+}
+
+async fn summaries(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LineRollout>, StoreError> {
+    Ok(sqlx::query_as::<_, LineRollout>(
+        "select r.id, a.name as app, e.name as environment, rel.version as release,
+                r.state::text as state
+           from rollouts r
+           join apps a on a.id = r.app_id
+           join environments e on e.id = r.environment_id
+           join releases rel on rel.id = r.release_id
+          where r.id = any($1)
+          order by r.id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?)
+}
