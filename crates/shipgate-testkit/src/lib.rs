@@ -135,6 +135,16 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// The server process's id (to read its memory from `/proc`, or to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (false once it exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Full URL of a path.
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
