@@ -517,3 +517,78 @@ async fn two_promotions_racing_for_production_leave_one_running_and_one_queued()
     );
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn rolling_back_a_forward_only_release_asks_for_confirmation_and_records_it() {
+    let (db, server) = start("", "50ms").await;
+    ship(&server, "staging", "1.0.0").await;
+    // 2.0.0 ran a migration the older release cannot undo.
+    let (status, body) = server
+        .post(
+            "/api/v1/apps/shop/releases",
+            &json!({ "version": "2.0.0", "artifacts": { "web": "web:2.0.0" },
+                     "forward_only": true }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = roll_out(&server, "staging", "2.0.0").await;
+    assert_eq!(status, 201, "{body}");
+    let done = server
+        .wait_finished(body["id"].as_str().unwrap(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let path = "/api/v1/apps/shop/environments/staging/rollback";
+    let (status, problem) = server
+        .post(path, &json!({ "reason": "checkout errors" }))
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        detail(&problem).contains("2.0.0 is forward_only"),
+        "{problem}"
+    );
+    assert!(
+        detail(&problem).contains("confirm_forward_only"),
+        "{problem}"
+    );
+    let (_, rollbacks) = server
+        .get("/api/v1/apps/shop/environments/staging/rollbacks")
+        .await
+        .unwrap();
+    assert_eq!(
+        rollbacks["items"].as_array().map(Vec::len),
+        Some(0),
+        "{rollbacks}"
+    );
+
+    let (status, rollback) = server
+        .post(
+            path,
+            &json!({ "reason": "checkout errors", "confirm_forward_only": true }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{rollback}");
+    let id = rollback["id"].as_str().unwrap();
+    let finished = server.wait_finished(id, LONG).await.unwrap();
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(finished["release"], "1.0.0");
+    let (_, events) = server
+        .get(&format!("/api/v1/events?rollout={id}"))
+        .await
+        .unwrap();
+    let started = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["action"] == "rollback.started")
+        .expect("a rollback.started event");
+    assert_eq!(
+        started["details"]["forward_only_release"], "2.0.0",
+        "{started}"
+    );
+    db.drop_database().await.unwrap();
+}

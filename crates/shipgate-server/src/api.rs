@@ -608,6 +608,10 @@ struct Rollback {
     /// audited as `freeze.overridden`).
     #[serde(default)]
     override_freeze: Option<OverrideFreeze>,
+    /// Roll back although the release being undone is `forward_only` (its migrations stay);
+    /// without it such a rollback is refused with 422 saying so.
+    #[serde(default)]
+    confirm_forward_only: bool,
 }
 
 #[utoipa::path(
@@ -650,6 +654,7 @@ async fn roll_back(
             reason: &body.reason,
             trigger: "api",
             override_freeze,
+            confirm_forward_only: body.confirm_forward_only,
             detected_at: None,
             actor: &actor,
         },

@@ -933,6 +933,7 @@ impl<'a> Fenced<'a> {
                 reason,
                 trigger: "gate",
                 override_freeze: None,
+                confirm_forward_only: false,
                 detected_at: Some(detected_at),
                 actor: &actor,
             },

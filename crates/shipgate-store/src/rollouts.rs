@@ -287,6 +287,9 @@ pub struct RollbackRequest<'a> {
     /// An admin's override of the freeze windows that do not allow rollbacks (the caller checks
     /// the admin's authority); audited with the rollback.
     pub override_freeze: Option<FreezeOverride<'a>>,
+    /// The person saw that the release being undone is `forward_only` (its changes, such as
+    /// database migrations, are not undone by running the older release) and rolls back anyway.
+    pub confirm_forward_only: bool,
 }
 
 /// Rolls an environment back, in its own transaction. See [`rollback_in`].
@@ -443,6 +446,34 @@ pub async fn rollback_in(
     };
 
     let current = current_release_id(&mut *tx, environment.id).await?;
+    // A person undoing a forward-only release is told what stays behind first; the engine's own
+    // rollbacks go ahead (the release is failing), and the rollback's event says so.
+    let undone_release = match undone {
+        Some(id) => Some(
+            sqlx::query_scalar::<_, Uuid>("select release_id from rollouts where id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?,
+        ),
+        None => current,
+    };
+    let forward_only = match undone_release {
+        Some(id) => {
+            let release = releases::by_id(&mut *tx, id).await?;
+            release.forward_only.then_some(release.version)
+        }
+        None => None,
+    };
+    if let Some(version) = &forward_only {
+        if undo.is_none() && !request.confirm_forward_only {
+            return Err(StoreError::Refused(format!(
+                "release {version} is forward_only: its changes (database migrations, data \
+                 backfills) stay when the older release runs again. Check that the older release \
+                 works with them, then confirm the rollback (confirm_forward_only: true, \
+                 `shipgate rollback --confirm-forward-only`)"
+            )));
+        }
+    }
     let (source_plan, from_release) = match undone {
         Some(id) => {
             let row = sqlx::query("select plan, release_id from rollouts where id = $1")
@@ -562,6 +593,7 @@ pub async fn rollback_in(
             "to_release": target_release.version, "rollback_of": undone,
             "trigger": request.trigger, "reason": request.reason,
             "components": scope.components,
+            "forward_only_release": forward_only,
         }),
     )
     .await?;

@@ -282,6 +282,10 @@ pub struct RollbackArgs {
     /// The release to return to (default: the last known-good one).
     #[arg(long = "to", value_name = "VERSION")]
     to_release: Option<String>,
+    /// Roll back although the release being undone is forward-only (its database migrations
+    /// and other one-way changes stay); without it such a rollback is refused (exit 6).
+    #[arg(long)]
+    confirm_forward_only: bool,
     #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
@@ -796,6 +800,9 @@ async fn start(args: StartArgs, kind: &str) -> Result<(), Failure> {
 async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let api = Api::new(&args.common.client)?;
     let mut body = json!({ "reason": args.reason });
+    if args.confirm_forward_only {
+        body["confirm_forward_only"] = json!(true);
+    }
     if let Some(to) = &args.to_release {
         body["to_release"] = json!(to);
     }

@@ -65,6 +65,8 @@ struct RolloutPage {
     actions: Vec<ActionView>,
     /// Roll the environment back: what it will do.
     rollback: Option<String>,
+    /// The release this rollout deploys is `forward_only`: the rollback form asks to confirm.
+    forward_only: bool,
     /// Why the last action was refused.
     notice: Option<String>,
     /// Why the session sees no actions.
@@ -218,6 +220,15 @@ async fn build(
     .await?;
     let actions = actions_for(session, &rollout);
     let rollback = rollback_offer(state, session, &rollout).await?;
+    let forward_only = match &rollback {
+        Some(_) => {
+            let app = apps::get(&state.pool, &rollout.app).await?;
+            shipgate_store::releases::by_version(&state.pool, app.id, &rollout.release)
+                .await?
+                .forward_only
+        }
+        None => false,
+    };
     let no_actions = (actions.is_empty() && rollback.is_none() && !rollout.finished).then(|| {
         format!(
             "Your role ({}) cannot act on this rollout now, or nothing is open to act on in its state ({}).",
@@ -252,6 +263,7 @@ async fn build(
         events,
         actions,
         rollback,
+        forward_only,
         notice,
         no_actions,
         rollout,
@@ -418,6 +430,9 @@ pub(super) struct RollbackForm {
     /// The rollout page the form was on (a refusal is shown there).
     #[serde(default)]
     from: Option<Uuid>,
+    /// Present when the person confirmed rolling back a `forward_only` release.
+    #[serde(default)]
+    confirm_forward_only: Option<String>,
 }
 
 /// Rolls an environment back (as `POST /api/v1/apps/{app}/environments/{environment}/rollback`
@@ -449,6 +464,7 @@ pub(super) async fn roll_back(
                 reason: form.reason.trim(),
                 trigger: "manual",
                 override_freeze: None,
+                confirm_forward_only: form.confirm_forward_only.is_some(),
                 detected_at: None,
                 actor: &session.caller.actor,
             },
