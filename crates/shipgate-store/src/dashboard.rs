@@ -544,10 +544,10 @@ pub async fn delivery_buckets(
         "with finished as (
             select floor(extract(epoch from r.finished_at - $2)::float8 / $3)::int as bucket,
                    r.state = 'succeeded' as succeeded,
-                   extract(epoch from r.finished_at - coalesce(rel.committed_at, rel.created_at))::float8 as lead
-              from rollouts r join releases rel on rel.id = r.release_id
-             where r.environment_id = $1 and r.created_at >= $2 - interval '1 day'
-               and r.finished_at >= $2 and r.kind in ('deploy', 'promote')
+                   extract(epoch from r.finished_at - r.release_committed_at)::float8 as lead
+              from rollouts r
+             where r.environment_id = $1 and r.finished_at >= $2
+               and r.kind in ('deploy', 'promote')
                and r.state in ('succeeded', 'failed', 'rolled_back', 'rollback_failed'))
          select bucket,
                 count(*) filter (where succeeded) as succeeded,
