@@ -309,13 +309,13 @@ async fn create_release(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct Page {
+pub(crate) struct Page {
     /// The previous page's `next_cursor`: list what comes after it.
     #[serde(default)]
-    before: Option<Uuid>,
+    pub(crate) before: Option<Uuid>,
     /// Items per page, 1 to 200 (default 50; out-of-range values are clamped).
     #[serde(default)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
 }
 
 /// A page of releases, newest first.
@@ -327,7 +327,8 @@ pub struct ReleasePage {
     pub next_cursor: Option<Uuid>,
 }
 
-fn limit(requested: Option<i64>) -> i64 {
+/// A page size as asked for, clamped to 1..=200 (default 50).
+pub(crate) fn limit(requested: Option<i64>) -> i64 {
     requested.unwrap_or(50).clamp(1, 200)
 }
 

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use shipgate_domain::config::AppSpec;
@@ -49,6 +49,7 @@ use shipgate_store::webhooks::{
 };
 use shipgate_store::{apps, StoreError};
 
+use crate::api::Page;
 use crate::auth::{Caller, Scope, Target};
 use crate::error::{ApiError, Problem};
 use crate::extract::parse_json;
@@ -1165,19 +1166,6 @@ async fn generic(
 // ---------------------------------------------------------------------------------------------
 // Visibility.
 
-/// Cursor pagination of deliveries, newest first.
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct Page {
-    /// The previous page's `next_cursor`: list what comes after it.
-    #[serde(default)]
-    before: Option<Uuid>,
-    /// Items per page, 1 to 200 (default 50; out-of-range values are clamped).
-    #[serde(default)]
-    limit: Option<i64>,
-}
-
 /// A page of an app's webhook deliveries, newest first.
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryPage {
@@ -1207,7 +1195,7 @@ async fn list_deliveries(
 ) -> Result<Json<DeliveryPage>, ApiError> {
     caller.require(Scope::Read, Target::App(&app))?;
     let app = apps::get(&state.pool, &app).await?;
-    let limit = page.limit.unwrap_or(50).clamp(1, 200);
+    let limit = crate::api::limit(page.limit);
     let items = webhooks::list(&state.pool, app.id, page.before, limit).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|delivery| delivery.id))

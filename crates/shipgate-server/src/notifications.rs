@@ -63,7 +63,7 @@ async fn list_notifications(
 ) -> Result<Json<NotificationPage>, ApiError> {
     caller.require(Scope::Read, Target::WholeApp(&app))?;
     let app = apps::get(&state.pool, &app).await?;
-    let limit = page.limit.unwrap_or(50).clamp(1, 200);
+    let limit = crate::api::limit(page.limit);
     let items = notifications::list(&state.pool, app.id, page.before, limit).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|notification| notification.id))
