@@ -279,7 +279,8 @@ async fn chaos(binary: &Path, form: Form) -> Result<()> {
     Ok(())
 }
 
-/// A PostgreSQL cluster of the harness's own, under `target/`, so restarting it disturbs no one.
+/// A PostgreSQL cluster of the harness's own (under `target/`, or the temporary directory when
+/// run as `postgres`), so restarting it disturbs no one.
 struct PrivateCluster {
     directory: PathBuf,
     port: u16,
@@ -313,9 +314,15 @@ impl PrivateCluster {
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
             .unwrap_or(false);
-        let directory = support::workspace_root()
-            .join("target/shipgate-harness")
-            .join(format!("pg-{}", std::process::id()));
+        // Run as `postgres` (we are root), the cluster must sit where that user can reach it:
+        // a checkout may live under a directory only root may enter (`mktemp -d` makes 0700
+        // ones), so then it goes under the system's temporary directory instead.
+        let base = if as_postgres {
+            std::env::temp_dir().join("shipgate-harness")
+        } else {
+            support::workspace_root().join("target/shipgate-harness")
+        };
+        let directory = base.join(format!("pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         std::fs::create_dir_all(&directory)?;
         if as_postgres {
