@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shipgate_testkit::{eventually, Server, TestDb};
+use shipgate_testkit::{csrf_of, eventually, Server, TestDb};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -530,31 +530,6 @@ async fn a_person_watches_a_rollout_live_approves_it_rolls_it_back_and_finds_it_
     db.drop_database().await.unwrap();
 }
 
-/// The CSRF token the page's forms carry.
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find(r#"name="csrf" value=""#)
-        .expect("a form with a CSRF token")
-        + 19;
-    html[start..start + html[start..].find('"').unwrap()].to_owned()
-}
-
-async fn signed_in(server: &Server, form: &[(&str, &str)]) -> reqwest::Client {
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let response = client
-        .post(server.at("/login"))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "signed in");
-    client
-}
-
 /// Needs no browser: the forms' protections, over plain HTTP.
 #[tokio::test]
 async fn dashboard_actions_need_the_csrf_token_and_the_role_and_refusals_say_why() {
@@ -574,11 +549,10 @@ async fn dashboard_actions_need_the_csrf_token_and_the_role_and_refusals_say_why
     let rollout = format!("/rollouts/{id}");
 
     // A viewer sees the rollout but no actions, and a forged or stale form is refused.
-    let viewer = signed_in(
-        &server,
-        &[("username", "vic"), ("password", "correct horse battery")],
-    )
-    .await;
+    let viewer = server
+        .sign_in(&[("username", "vic"), ("password", "correct horse battery")])
+        .await
+        .unwrap();
     let page = viewer
         .get(server.at(&rollout))
         .send()
@@ -614,7 +588,10 @@ async fn dashboard_actions_need_the_csrf_token_and_the_role_and_refusals_say_why
         .contains("needs the `deploy` scope"));
 
     // An admin pauses it; pausing again is refused by the rollout's state, said on the page.
-    let admin = signed_in(&server, &[("token", shipgate_testkit::ADMIN_TOKEN)]).await;
+    let admin = server
+        .sign_in(&[("token", shipgate_testkit::ADMIN_TOKEN)])
+        .await
+        .unwrap();
     let page = admin
         .get(server.at(&rollout))
         .send()

@@ -20,15 +20,18 @@ use shipgate_testkit::{eventually, Server, TestDb};
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const ERROR_RATE: &str =
-    r#"sum(rate(http_requests_total{status="500"}[10s])) / sum(rate(http_requests_total[10s]))"#;
+    r#"sum(rate(http_requests_total{code="500"}[10s])) / sum(rate(http_requests_total[10s]))"#;
 const MISSING_METRIC: &str = "sum(rate(shipgate_test_metric_nobody_exports_total[10s]))";
 
-/// The test app's request counters, and whether it answers every fifth request with a 500.
+/// The test app's request counters, whether it answers every fifth request with a 500, and
+/// whether requests take 3 s (recorded in its latency histogram; nothing actually waits).
 #[derive(Default)]
 struct Traffic {
     ok: AtomicU64,
     errors: AtomicU64,
     failing: AtomicBool,
+    slow: AtomicBool,
+    slow_requests: AtomicU64,
 }
 
 async fn work(State(traffic): State<Arc<Traffic>>) -> StatusCode {
@@ -38,20 +41,36 @@ async fn work(State(traffic): State<Arc<Traffic>>) -> StatusCode {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         traffic.ok.fetch_add(1, Ordering::Relaxed);
+        if traffic.slow.load(Ordering::Relaxed) {
+            traffic.slow_requests.fetch_add(1, Ordering::Relaxed);
+        }
         StatusCode::OK
     }
 }
 
 /// Both series are always exported (a zero 500 counter included), so a healthy app's error
-/// rate is 0 rather than no data.
+/// rate is 0 rather than no data. Fast requests take 50 ms, slow ones 3 s.
 async fn metrics(State(traffic): State<Arc<Traffic>>) -> String {
+    let ok = traffic.ok.load(Ordering::Relaxed);
+    let errors = traffic.errors.load(Ordering::Relaxed);
+    let total = ok + errors;
+    let slow = traffic.slow_requests.load(Ordering::Relaxed);
+    let fast = total - slow;
     format!(
         "# HELP http_requests_total Requests served, by status.\n\
          # TYPE http_requests_total counter\n\
-         http_requests_total{{status=\"200\"}} {}\n\
-         http_requests_total{{status=\"500\"}} {}\n",
-        traffic.ok.load(Ordering::Relaxed),
-        traffic.errors.load(Ordering::Relaxed),
+         http_requests_total{{code=\"200\"}} {ok}\n\
+         http_requests_total{{code=\"500\"}} {errors}\n\
+         # HELP http_request_duration_seconds Request durations.\n\
+         # TYPE http_request_duration_seconds histogram\n\
+         http_request_duration_seconds_bucket{{le=\"0.1\"}} {fast}\n\
+         http_request_duration_seconds_bucket{{le=\"1\"}} {fast}\n\
+         http_request_duration_seconds_bucket{{le=\"2.5\"}} {fast}\n\
+         http_request_duration_seconds_bucket{{le=\"5\"}} {total}\n\
+         http_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}\n\
+         http_request_duration_seconds_sum {}\n\
+         http_request_duration_seconds_count {total}\n",
+        fast as f64 * 0.05 + slow as f64 * 3.0,
     )
 }
 
@@ -218,17 +237,28 @@ async fn deploy(server: &Server, app: &str, environment: &str, version: &str) ->
     body["id"].as_str().unwrap().to_owned()
 }
 
-/// The verdicts the rollout's first gate recorded.
-fn verdicts(rollout: &Value) -> Vec<String> {
+/// A field of every check the rollout's first gate recorded (a JSON pointer into the check).
+fn of_checks(rollout: &Value, pointer: &str) -> Vec<String> {
     rollout["phases"][0]["gates"][0]["checks"]
         .as_array()
         .map(|checks| {
             checks
                 .iter()
-                .map(|check| check["verdict"].as_str().unwrap_or_default().to_owned())
+                .map(|check| {
+                    check
+                        .pointer(pointer)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The verdicts the rollout's first gate recorded.
+fn verdicts(rollout: &Value) -> Vec<String> {
+    of_checks(rollout, "/verdict")
 }
 
 #[tokio::test]
@@ -308,7 +338,7 @@ async fn a_prometheus_error_rate_gate_promotes_healthy_traffic_rolls_back_errors
     assert!(
         reason.contains("gate prometheus")
             && reason.contains(ERROR_RATE)
-            && reason.contains("3 consecutive failures"),
+            && reason.contains("3 failed rounds of 3 (limit 3)"),
         "the verdict names the failing gate: {done}"
     );
     assert_eq!(verdicts(&done), ["fail", "fail", "fail"], "{done}");
@@ -341,4 +371,149 @@ async fn a_prometheus_error_rate_gate_promotes_healthy_traffic_rolls_back_errors
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// The built-in templates, a round count, a minimum sample count and the consecutive-error
+/// limit, each in its own environment.
+fn template_config(app: &str, prometheus: &str) -> String {
+    let rounds = "interval: 1s, window: 10s, selector: 'job=\"test-app\"'";
+    format!(
+        r#"
+app: {app}
+components: [web]
+prometheus_url: {prometheus}
+environments:
+  - name: errors
+    targets: &targets
+      web: {{ provider: simulated, latency: 50ms }}
+    plan:
+      - name: canary
+        deploy: [web]
+        gates:
+          - prometheus: {{ template: error_rate, {rounds}, count: 3, failures: 2, min_samples: 20 }}
+        on_failure: rollback
+  - name: latency
+    targets: *targets
+    plan:
+      - name: canary
+        deploy: [web]
+        gates:
+          - prometheus: {{ template: p95_latency, {rounds}, count: 2 }}
+        on_failure: rollback
+  - name: starved
+    targets: *targets
+    plan:
+      - name: canary
+        deploy: [web]
+        gates:
+          - prometheus: {{ template: error_rate, {rounds}, min_samples: 1000000, deadline: 4s }}
+        on_failure: rollback
+  - name: unreachable
+    targets: *targets
+    plan:
+      - name: canary
+        deploy: [web]
+        gates:
+          - prometheus: {{ url: "http://127.0.0.1:9", template: error_rate, {rounds}, consecutive_errors: 2 }}
+        on_failure: rollback
+"#
+    )
+}
+
+async fn paused(server: &Server, id: &str) -> Value {
+    eventually(Duration::from_secs(30), "the rollout paused", || async {
+        let (_, body) = server.get(&format!("/api/v1/rollouts/{id}")).await?;
+        Ok((body["state"] == "paused").then_some(body))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn built_in_templates_count_rounds_wait_for_enough_samples_and_tolerate_a_few_errors() {
+    let traffic = Arc::new(Traffic::default());
+    let app_url = start_test_app(traffic.clone()).await;
+    let prometheus = Prometheus::start(app_url.trim_start_matches("http://")).await;
+    let p95 =
+        "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[10s])))";
+    eventually(Duration::from_secs(30), "a scraped p95", || async {
+        Ok(prometheus.value(p95).await)
+    })
+    .await
+    .unwrap();
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let (status, body) = server
+        .apply("templated", &template_config("templated", &prometheus.url))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // The error-rate template with enough traffic: exactly three rounds, each passing with the
+    // sample count behind it, and the release goes out.
+    let starved = deploy(&server, "templated", "starved", "1.0.0").await;
+    let unreachable = deploy(&server, "templated", "unreachable", "1.0.0").await;
+    let healthy = deploy(&server, "templated", "errors", "1.0.0").await;
+    let fast = deploy(&server, "templated", "latency", "1.0.0").await;
+    let done = server
+        .wait_finished(&healthy, Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(verdicts(&done), ["pass", "pass", "pass"], "{done}");
+    assert!(
+        of_checks(&done, "/detail/summary")
+            .iter()
+            .all(|summary| summary.contains("(needs < 0.01) from") && summary.contains("samples")),
+        "{:?}",
+        of_checks(&done, "/detail/summary")
+    );
+    let gate = &done["phases"][0]["gates"][0]["description"];
+    assert!(
+        gate.as_str().unwrap().contains(r#"code=~"5..""#),
+        "the template's query is shown: {gate}"
+    );
+
+    // Too little traffic for a million samples: rounds count for nothing and at the deadline
+    // the gate pauses for a person, saying why, never passing.
+    let starved = paused(&server, &starved).await;
+    let reason = starved["state_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not enough traffic"), "{starved}");
+    assert!(!verdicts(&starved).iter().any(|v| v == "pass"), "{starved}");
+
+    // Prometheus unreachable: two errors in a row pause it.
+    let unreachable = paused(&server, &unreachable).await;
+    let reason = unreachable["state_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("2 query errors in a row"), "{unreachable}");
+
+    // Slow requests: the p95 template sees about 4.9 s against its 2 s limit and rolls back
+    // to the release that passed it while requests were fast.
+    let fast = server
+        .wait_finished(&fast, Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(fast["state"], "succeeded", "{fast}");
+    assert_eq!(verdicts(&fast), ["pass", "pass"], "{fast}");
+    traffic.slow.store(true, Ordering::Relaxed);
+    eventually(Duration::from_secs(20), "the slow p95 seen", || async {
+        Ok(prometheus.value(p95).await.filter(|p95| *p95 > 2.5))
+    })
+    .await
+    .unwrap();
+    let slow = deploy(&server, "templated", "latency", "1.1.0").await;
+    let done = server
+        .wait_finished(&slow, Duration::from_secs(40))
+        .await
+        .unwrap();
+    traffic.slow.store(false, Ordering::Relaxed);
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    let reason = done["verdict"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("1 failed round") && reason.contains("(needs < 2)"),
+        "{done}"
+    );
+
+    drop(server);
+    db.drop_database().await.unwrap();
+    drop(prometheus);
 }

@@ -207,7 +207,7 @@ enum GateDocument {
     Health(HealthDocument),
     Soak(Span),
     Approval(ApprovalDocument),
-    Prometheus(PrometheusDocument),
+    Prometheus(Box<PrometheusDocument>),
     Webhook(WebhookDocument),
 }
 
@@ -244,23 +244,126 @@ struct ApprovalDocument {
 struct PrometheusDocument {
     #[serde(default)]
     url: Option<String>,
-    query: String,
+    #[serde(default)]
+    query: Option<String>,
+    /// A built-in query: `error_rate` or `p95_latency`.
+    #[serde(default)]
+    template: Option<MetricTemplate>,
+    /// Label matchers the template's series are narrowed by, e.g. `job="shop"`.
+    #[serde(default)]
+    selector: Option<String>,
+    /// The template's rate window.
+    #[serde(default)]
+    window: Option<Span>,
+    /// The template's request counter (`error_rate`) or histogram (`p95_latency`).
+    #[serde(default)]
+    metric: Option<String>,
+    /// The `error_rate` template's matcher for failed requests.
+    #[serde(default)]
+    errors: Option<String>,
     #[serde(default)]
     below: Option<f64>,
     #[serde(default)]
     above: Option<f64>,
+    #[serde(default)]
+    range: Option<[f64; 2]>,
     #[serde(default = "default_metric_interval")]
     interval: Span,
     #[serde(default, rename = "for")]
     hold: Span,
+    #[serde(default)]
+    count: Option<u32>,
     #[serde(default = "one")]
     failures: u32,
+    #[serde(default = "default_consecutive_errors")]
+    consecutive_errors: u32,
+    #[serde(default)]
+    samples_query: Option<String>,
+    #[serde(default)]
+    min_samples: Option<f64>,
     #[serde(default)]
     initial_delay: Span,
     #[serde(default)]
     no_data: NoData,
     #[serde(default = "default_deadline")]
     deadline: Span,
+}
+
+/// Built-in metric gates with the seeds' thresholds.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MetricTemplate {
+    /// Share of requests answered 5xx, below 1%.
+    ErrorRate,
+    /// 95th percentile request duration from a histogram, below 2 s.
+    P95Latency,
+}
+
+impl MetricTemplate {
+    fn default_metric(self) -> &'static str {
+        match self {
+            MetricTemplate::ErrorRate => "http_requests_total",
+            MetricTemplate::P95Latency => "http_request_duration_seconds",
+        }
+    }
+
+    fn default_below(self) -> f64 {
+        match self {
+            MetricTemplate::ErrorRate => 0.01,
+            MetricTemplate::P95Latency => 2.0,
+        }
+    }
+}
+
+/// The PromQL a template stands for: (query, samples query).
+fn template_queries(
+    template: MetricTemplate,
+    metric: &PrometheusDocument,
+    selector: &str,
+) -> (String, String) {
+    let window = format!(
+        "{}s",
+        metric.window.unwrap_or(Span::secs(300)).as_millis() / 1000
+    );
+    let name = metric
+        .metric
+        .as_deref()
+        .unwrap_or(template.default_metric());
+    // `name{selector,extra}`, or the bare name when there is nothing to match.
+    let series = |name: &str, extra: &str| {
+        let matchers: Vec<&str> = [selector, extra]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect();
+        if matchers.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{}}}", matchers.join(","))
+        }
+    };
+    match template {
+        MetricTemplate::ErrorRate => {
+            let errors = metric.errors.as_deref().unwrap_or(r#"code=~"5..""#);
+            (
+                format!(
+                    "sum(rate({}[{window}])) / sum(rate({}[{window}]))",
+                    series(name, errors),
+                    series(name, "")
+                ),
+                format!("sum(increase({}[{window}]))", series(name, "")),
+            )
+        }
+        MetricTemplate::P95Latency => (
+            format!(
+                "histogram_quantile(0.95, sum by (le) (rate({}[{window}])))",
+                series(&format!("{name}_bucket"), "")
+            ),
+            format!(
+                "sum(increase({}[{window}]))",
+                series(&format!("{name}_count"), "")
+            ),
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +392,9 @@ fn default_deadline() -> Span {
 }
 fn default_failures() -> u32 {
     3
+}
+fn default_consecutive_errors() -> u32 {
+    4
 }
 fn one() -> u32 {
     1
@@ -1144,6 +1250,168 @@ struct PhaseContext<'a> {
     prometheus_url: Option<&'a str>,
 }
 
+/// Validates a metric gate, expanding a template into its queries.
+fn prometheus_gate(
+    metric: &PrometheusDocument,
+    at: &str,
+    app_url: Option<&str>,
+    error: &mut impl FnMut(String, String),
+) -> PrometheusGate {
+    let url = metric.url.clone().or(app_url.map(str::to_owned));
+    if url.is_none() {
+        error(
+            format!("{at}.url"),
+            "give the Prometheus URL here or as the app's `prometheus_url`".into(),
+        );
+    }
+    let template_only = [
+        ("selector", metric.selector.is_some()),
+        ("window", metric.window.is_some()),
+        ("metric", metric.metric.is_some()),
+        ("errors", metric.errors.is_some()),
+    ];
+    let (query, samples_query, default_below) = match (metric.template, &metric.query) {
+        (Some(_), Some(_)) => {
+            error(
+                format!("{at}.query"),
+                "give a `query` or a `template`, not both".into(),
+            );
+            (String::new(), None, None)
+        }
+        (None, None) => {
+            error(
+                format!("{at}.query"),
+                "give a PromQL `query` or a `template` (error_rate, p95_latency)".into(),
+            );
+            (String::new(), None, None)
+        }
+        (None, Some(query)) => {
+            if query.trim().is_empty() {
+                error(format!("{at}.query"), "the query is empty".into());
+            }
+            for (name, given) in template_only {
+                if given {
+                    error(
+                        format!("{at}.{name}"),
+                        "only applies with a `template`".into(),
+                    );
+                }
+            }
+            (query.clone(), metric.samples_query.clone(), None)
+        }
+        (Some(template), None) => {
+            let selector = metric.selector.as_deref().unwrap_or("").trim();
+            if selector.contains(['{', '}']) {
+                error(
+                    format!("{at}.selector"),
+                    r#"label matchers only, without braces: job="shop", env="production""#.into(),
+                );
+            }
+            if let Some(errors) = &metric.errors {
+                if errors.contains(['{', '}']) || errors.trim().is_empty() {
+                    error(
+                        format!("{at}.errors"),
+                        r#"a label matcher without braces, e.g. status=~"5..""#.into(),
+                    );
+                }
+            }
+            if matches!(template, MetricTemplate::P95Latency) && metric.errors.is_some() {
+                error(
+                    format!("{at}.errors"),
+                    "only applies to the error_rate template".into(),
+                );
+            }
+            if let Some(name) = &metric.metric {
+                let valid = name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && !name.is_empty();
+                if !valid {
+                    error(
+                        format!("{at}.metric"),
+                        "a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)".into(),
+                    );
+                }
+            }
+            let (query, samples) = template_queries(template, metric, selector);
+            (
+                query,
+                Some(metric.samples_query.clone().unwrap_or(samples)),
+                Some(template.default_below()),
+            )
+        }
+    };
+    let conditions_given =
+        metric.below.is_some() || metric.above.is_some() || metric.range.is_some();
+    let below = metric.below.or(default_below.filter(|_| !conditions_given));
+    if below.is_none() && metric.above.is_none() && metric.range.is_none() {
+        error(
+            at.to_owned(),
+            "give `below`, `above`, `range` or a template".into(),
+        );
+    }
+    if let Some([min, max]) = metric.range {
+        if min.partial_cmp(&max).is_none_or(|order| order.is_gt()) {
+            error(
+                format!("{at}.range"),
+                "give [min, max] with min ≤ max".into(),
+            );
+        }
+    }
+    if metric.count == Some(0) {
+        error(format!("{at}.count"), "must be at least 1".into());
+    }
+    if metric.count.is_some() && metric.hold.as_millis() > 0 {
+        error(
+            format!("{at}.for"),
+            "give `count` (rounds to take) or `for` (how long passes must hold), not both".into(),
+        );
+    }
+    if metric.count.is_some_and(|count| count < metric.failures) {
+        error(
+            format!("{at}.failures"),
+            "a failure limit above `count` can never be reached".into(),
+        );
+    }
+    if metric
+        .min_samples
+        .is_some_and(|min| min.is_nan() || min < 0.0)
+    {
+        error(format!("{at}.min_samples"), "must be 0 or more".into());
+    }
+    let samples_query = samples_query.filter(|query| !query.trim().is_empty());
+    if metric.min_samples.is_some() && samples_query.is_none() {
+        error(
+            format!("{at}.samples_query"),
+            "`min_samples` needs the query that counts the samples (templates have one)".into(),
+        );
+    }
+    if metric.samples_query.is_some() && metric.min_samples.is_none() {
+        error(
+            format!("{at}.min_samples"),
+            "give the minimum the `samples_query` must reach".into(),
+        );
+    }
+    PrometheusGate {
+        url: url.unwrap_or_default(),
+        query,
+        below,
+        above: metric.above,
+        range: metric.range.map(|[min, max]| (min, max)),
+        interval: metric.interval,
+        hold: metric.hold,
+        count: metric.count,
+        failures: metric.failures.max(1),
+        consecutive_errors: metric.consecutive_errors.max(1),
+        samples_query: samples_query.filter(|_| metric.min_samples.is_some()),
+        min_samples: metric.min_samples,
+        initial_delay: metric.initial_delay,
+        no_data: metric.no_data,
+        deadline: metric.deadline,
+    }
+}
+
 fn build_phase(
     phase: &PhaseDocument,
     context: &PhaseContext<'_>,
@@ -1349,40 +1617,12 @@ fn build_phase(
                 });
             }
             GateDocument::Prometheus(metric) => {
-                let url = metric
-                    .url
-                    .clone()
-                    .or(context.prometheus_url.map(str::to_owned));
-                if url.is_none() {
-                    error(
-                        format!("{field}.prometheus.url"),
-                        "give the Prometheus URL here or as the app's `prometheus_url`".into(),
-                    );
-                }
-                if metric.below.is_none() && metric.above.is_none() {
-                    error(
-                        format!("{field}.prometheus"),
-                        "give `below`, `above` or both".into(),
-                    );
-                }
-                if metric.query.trim().is_empty() {
-                    error(
-                        format!("{field}.prometheus.query"),
-                        "the query is empty".into(),
-                    );
-                }
-                gates.push(GateSpec::Prometheus(PrometheusGate {
-                    url: url.unwrap_or_default(),
-                    query: metric.query.clone(),
-                    below: metric.below,
-                    above: metric.above,
-                    interval: metric.interval,
-                    hold: metric.hold,
-                    failures: metric.failures.max(1),
-                    initial_delay: metric.initial_delay,
-                    no_data: metric.no_data,
-                    deadline: metric.deadline,
-                }));
+                gates.push(GateSpec::Prometheus(prometheus_gate(
+                    metric,
+                    &format!("{field}.prometheus"),
+                    context.prometheus_url,
+                    &mut error,
+                )));
             }
             GateDocument::Webhook(webhook) => {
                 if !webhook.url.starts_with("http://") && !webhook.url.starts_with("https://") {
@@ -1483,6 +1723,113 @@ environments:
             !json.contains("heroku-secret"),
             "the spec must hold no secret"
         );
+    }
+
+    /// CLASS_CHAT with the frontend phase's metric gate replaced by `gate`.
+    fn with_metric_gate(gate: &str) -> String {
+        CLASS_CHAT.replace(
+            "- prometheus: { query: 'sum(rate(x[5m]))', below: 0.01, for: 5m, no_data: inconclusive }",
+            &format!("- prometheus: {gate}"),
+        )
+    }
+
+    fn metric_gate_of(gate: &str) -> PrometheusGate {
+        let applied = load(&with_metric_gate(gate), &env).unwrap();
+        match &applied.spec.environments[0].plan.phases[1].gates[0] {
+            GateSpec::Prometheus(gate) => gate.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metric_templates_expand_to_the_seeds_thresholds_and_a_sample_count() {
+        let errors = metric_gate_of(
+            r#"{ template: error_rate, selector: 'job="web"', window: 2m, min_samples: 100, count: 5, failures: 2 }"#,
+        );
+        assert_eq!(
+            errors.query,
+            r#"sum(rate(http_requests_total{job="web",code=~"5.."}[120s])) / sum(rate(http_requests_total{job="web"}[120s]))"#
+        );
+        assert_eq!(
+            errors.samples_query.as_deref(),
+            Some(r#"sum(increase(http_requests_total{job="web"}[120s]))"#)
+        );
+        assert_eq!(
+            (errors.below, errors.count, errors.failures),
+            (Some(0.01), Some(5), 2)
+        );
+        assert_eq!(errors.consecutive_errors, 4, "the default");
+        let latency = metric_gate_of("{ template: p95_latency, metric: rpc_seconds }");
+        assert_eq!(
+            latency.query,
+            "histogram_quantile(0.95, sum by (le) (rate(rpc_seconds_bucket[300s])))"
+        );
+        assert_eq!(latency.below, Some(2.0));
+        assert_eq!(latency.samples_query, None, "no minimum, no samples query");
+        let ranged = metric_gate_of("{ query: 'up', range: [0.5, 1.5] }");
+        assert_eq!((ranged.below, ranged.range), (None, Some((0.5, 1.5))));
+        let custom =
+            metric_gate_of("{ template: error_rate, below: 0.05, errors: 'status=~\"5..\"' }");
+        assert!(
+            custom.query.contains(r#"status=~"5..""#),
+            "{}",
+            custom.query
+        );
+        assert_eq!(custom.below, Some(0.05));
+    }
+
+    #[test]
+    fn metric_gates_that_cannot_work_are_refused_naming_the_field() {
+        let at = "environments[0].plan[1].gates[0].prometheus";
+        for (gate, field, words) in [
+            ("{ query: 'up', template: error_rate }", "query", "not both"),
+            ("{ below: 1 }", "query", "template"),
+            ("{ query: 'up' }", "", "`below`, `above`, `range`"),
+            (
+                "{ query: 'up', below: 1, count: 3, for: 1m }",
+                "for",
+                "not both",
+            ),
+            (
+                "{ query: 'up', below: 1, count: 2, failures: 3 }",
+                "failures",
+                "never be reached",
+            ),
+            (
+                "{ query: 'up', below: 1, min_samples: 10 }",
+                "samples_query",
+                "counts the samples",
+            ),
+            (
+                "{ query: 'up', below: 1, selector: 'job=\"x\"' }",
+                "selector",
+                "template",
+            ),
+            (
+                "{ template: error_rate, selector: '{job=\"x\"}' }",
+                "selector",
+                "braces",
+            ),
+            ("{ query: 'up', range: [2, 1] }", "range", "min ≤ max"),
+            (
+                "{ template: p95_latency, metric: '9lives' }",
+                "metric",
+                "metric name",
+            ),
+        ] {
+            let errors = errors_of(&with_metric_gate(gate));
+            let expected = if field.is_empty() {
+                at.to_owned()
+            } else {
+                format!("{at}.{field}")
+            };
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == expected && e.message.contains(words)),
+                "{gate}: {errors:?}"
+            );
+        }
     }
 
     #[test]

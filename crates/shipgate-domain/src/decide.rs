@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::duration::Span;
-use crate::plan::{GateSpec, OnFailure, Plan, StepSpec};
+use crate::plan::{GateSpec, OnFailure, Plan, PrometheusGate, Reading, StepSpec};
 use crate::state::{PhaseState, RolloutKind, RolloutState, StepState, Verdict};
 
 /// Engine timing that applies to every rollout.
@@ -105,6 +105,8 @@ pub struct CheckView {
     pub overridden: bool,
     /// Short explanation (status code, value, error).
     pub summary: String,
+    /// What a metric round found beyond its verdict (errors, no data, too few samples).
+    pub reading: Reading,
 }
 
 /// What is recorded about one gate.
@@ -550,28 +552,98 @@ pub fn gate_status(
             }
             next_due(webhook.interval, Span::default())
         }
-        GateSpec::Prometheus(metric) => {
-            if let Some(last) = checks.last() {
-                if last.verdict == Verdict::Inconclusive {
-                    return GateStatus::Inconclusive(last.summary.clone());
-                }
+        GateSpec::Prometheus(metric) => metric_status(metric, &checks, since, now, next_due),
+    }
+}
+
+/// A metric gate's status (see [`PrometheusGate`] for the rules).
+fn metric_status(
+    metric: &PrometheusGate,
+    checks: &[&CheckView],
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    next_due: impl Fn(Span, Span) -> GateStatus,
+) -> GateStatus {
+    let errors: Vec<&CheckView> = checks
+        .iter()
+        .rev()
+        .take_while(|check| check.reading == Reading::Error)
+        .copied()
+        .collect();
+    if errors.len() as u32 >= metric.consecutive_errors.max(1) {
+        let last = errors.first().map_or("", |check| check.summary.as_str());
+        return GateStatus::Inconclusive(if errors.len() == 1 {
+            last.to_owned()
+        } else {
+            format!("{} query errors in a row, last: {last}", errors.len())
+        });
+    }
+    if let Some(last) = checks.last() {
+        // No data (and checks recorded before readings were), unless taken as a failure.
+        let waits = matches!(last.reading, Reading::Error | Reading::TooFewSamples);
+        if last.verdict == Verdict::Inconclusive && !waits {
+            return GateStatus::Inconclusive(last.summary.clone());
+        }
+    }
+    // Rounds that count: a compared value, or no data taken as a failure.
+    let counted: Vec<&CheckView> = checks
+        .iter()
+        .filter(|check| matches!(check.verdict, Verdict::Pass | Verdict::Fail))
+        .copied()
+        .collect();
+    let failures: Vec<&CheckView> = counted
+        .iter()
+        .filter(|check| check.verdict == Verdict::Fail)
+        .copied()
+        .collect();
+    if failures.len() as u32 >= metric.failures {
+        let first = failures.first().map_or(now, |check| check.at);
+        let last = failures.last().map_or("", |check| check.summary.as_str());
+        let rounds = if metric.failures == 1 {
+            "1 failed round".to_owned()
+        } else {
+            format!(
+                "{} failed rounds of {} (limit {})",
+                failures.len(),
+                counted.len(),
+                metric.failures
+            )
+        };
+        return GateStatus::Failed(format!("{rounds}, last: {last}"), first);
+    }
+    match metric.count {
+        Some(count) => {
+            if counted.len() as u32 >= count {
+                return GateStatus::Passed;
             }
-            let passes = latest_run(Verdict::Pass);
+        }
+        None => {
+            let passes: Vec<&CheckView> = counted
+                .iter()
+                .rev()
+                .take_while(|check| check.verdict == Verdict::Pass)
+                .copied()
+                .collect();
             if let (Some(newest), Some(oldest)) = (passes.first(), passes.last()) {
                 if newest.at - oldest.at >= metric.hold.to_chrono() {
                     return GateStatus::Passed;
                 }
             }
-            let failures = latest_run(Verdict::Fail);
-            if failures.len() as u32 >= metric.failures {
-                return failed(&failures);
-            }
-            if past_deadline(metric.deadline) {
-                return GateStatus::Inconclusive(format!("no verdict within {}", metric.deadline));
-            }
-            next_due(metric.interval, metric.initial_delay)
         }
     }
+    if now >= since + metric.deadline.to_chrono() {
+        let why = match checks.last() {
+            Some(last) if last.reading == Reading::TooFewSamples => {
+                format!("not enough traffic: {}", last.summary)
+            }
+            _ => match metric.count {
+                Some(count) => format!("{} of {count} rounds", counted.len()),
+                None => format!("{} rounds", counted.len()),
+            },
+        };
+        return GateStatus::Inconclusive(format!("no verdict within {} ({why})", metric.deadline));
+    }
+    next_due(metric.interval, metric.initial_delay)
 }
 
 #[cfg(test)]

@@ -149,6 +149,58 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The next `limit` occurrences that end after `from`, in order (one that is on at `from`
+    /// first), each as `[start, end)`; overlapping weekly spans are merged. Looks a year ahead.
+    pub fn occurrences(
+        &self,
+        from: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        match self {
+            Schedule::OneOff { starts_at, ends_at } => {
+                if *ends_at > from && limit > 0 {
+                    vec![(*starts_at, *ends_at)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Schedule::Weekly { spans, time_zone } => {
+                let first = from.with_timezone(time_zone).date_naive() - Duration::days(8);
+                let mut found = Vec::new();
+                for offset in 0..(366 + 8) {
+                    let date = first + Duration::days(offset);
+                    for span in spans.iter().filter(|span| span.start_day == date.weekday()) {
+                        let starts = resolve(time_zone, date.and_time(span.start), Showing::First);
+                        let ends = resolve(
+                            time_zone,
+                            (date + Duration::days(span.days())).and_time(span.end),
+                            Showing::Last,
+                        );
+                        if ends > from {
+                            found.push((starts, ends));
+                        }
+                    }
+                    // Enough once more starts are known than asked for and the week is covered.
+                    if found.len() > limit + spans.len() && offset > 14 {
+                        break;
+                    }
+                }
+                found.sort();
+                let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+                for (starts, ends) in found {
+                    match merged.last_mut() {
+                        Some(last) if starts <= last.1 => last.1 = last.1.max(ends),
+                        _ => merged.push((starts, ends)),
+                    }
+                }
+                merged.truncate(limit);
+                merged
+            }
+        }
+    }
+}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -361,6 +413,47 @@ mod tests {
             Some(at("2026-04-06T06:00:00Z"))
         );
         assert_eq!(window.on_until(at("2026-04-03T15:59:00Z")), None);
+    }
+
+    #[test]
+    fn occurrences_list_the_next_weekends_across_the_clock_change_the_current_one_first() {
+        let window = weekly(json!("Fri 18:00-Mon 08:00"), "Europe/Berlin");
+        let next = window.occurrences(at("2026-03-28T12:00:00Z"), 3);
+        assert_eq!(
+            next,
+            vec![
+                (at("2026-03-27T17:00:00Z"), at("2026-03-30T06:00:00Z")),
+                (at("2026-04-03T16:00:00Z"), at("2026-04-06T06:00:00Z")),
+                (at("2026-04-10T16:00:00Z"), at("2026-04-13T06:00:00Z")),
+            ]
+        );
+        // Every occurrence agrees with on_until.
+        for (starts, ends) in &next {
+            assert_eq!(window.on_until(*starts), Some(*ends));
+            assert_eq!(window.on_until(*starts - Duration::minutes(1)), None);
+        }
+        // Whole days that touch merge into one occurrence.
+        let days = weekly(
+            json!({ "days": ["mon", "tue"], "start": "00:00", "end": "24:00" }),
+            "UTC",
+        );
+        assert_eq!(
+            days.occurrences(at("2026-11-30T00:00:00Z"), 2),
+            vec![
+                (at("2026-11-30T00:00:00Z"), at("2026-12-02T00:00:00Z")),
+                (at("2026-12-07T00:00:00Z"), at("2026-12-09T00:00:00Z")),
+            ]
+        );
+        let one_off = Schedule::from_stored(
+            "one_off",
+            Some(at("2026-12-24T00:00:00Z")),
+            Some(at("2026-12-27T00:00:00Z")),
+            None,
+            "UTC",
+        )
+        .unwrap();
+        assert_eq!(one_off.occurrences(at("2026-12-27T00:00:00Z"), 5), vec![]);
+        assert_eq!(one_off.occurrences(at("2026-12-01T00:00:00Z"), 5).len(), 1);
     }
 
     #[test]

@@ -1,8 +1,5 @@
 //! Notifications: which audit events are announced, how severe each is, and the channels that
 //! receive them (routed by environment, event and least severity).
-//!
-//! Freeze windows beginning and ending are not announced: nothing records those moments as they
-//! happen (a window is evaluated when a rollout starts), so announcing them needs a scheduler.
 
 use std::fmt;
 
@@ -82,11 +79,17 @@ pub enum NotificationEvent {
     /// A rollback ended, restoring the previous release or failing to.
     #[serde(rename = "rollback.finished")]
     RollbackFinished,
+    /// A freeze window began (the engine's scheduler sees its edges).
+    #[serde(rename = "freeze.began")]
+    FreezeBegan,
+    /// A freeze window ended.
+    #[serde(rename = "freeze.ended")]
+    FreezeEnded,
 }
 
 impl NotificationEvent {
     /// Every event.
-    pub const ALL: [NotificationEvent; 7] = [
+    pub const ALL: [NotificationEvent; 9] = [
         NotificationEvent::RolloutStarted,
         NotificationEvent::RolloutPaused,
         NotificationEvent::RolloutSucceeded,
@@ -94,6 +97,8 @@ impl NotificationEvent {
         NotificationEvent::ApprovalRequested,
         NotificationEvent::RollbackStarted,
         NotificationEvent::RollbackFinished,
+        NotificationEvent::FreezeBegan,
+        NotificationEvent::FreezeEnded,
     ];
 
     /// The name as written in config documents and payloads.
@@ -106,6 +111,8 @@ impl NotificationEvent {
             NotificationEvent::ApprovalRequested => "approval.requested",
             NotificationEvent::RollbackStarted => "rollback.started",
             NotificationEvent::RollbackFinished => "rollback.finished",
+            NotificationEvent::FreezeBegan => "freeze.began",
+            NotificationEvent::FreezeEnded => "freeze.ended",
         }
     }
 
@@ -117,12 +124,12 @@ impl NotificationEvent {
     /// How severe the event is.
     pub fn severity(self) -> Severity {
         match self {
-            NotificationEvent::RolloutStarted | NotificationEvent::RolloutSucceeded => {
-                Severity::Info
-            }
-            NotificationEvent::RolloutPaused | NotificationEvent::ApprovalRequested => {
-                Severity::Warning
-            }
+            NotificationEvent::RolloutStarted
+            | NotificationEvent::RolloutSucceeded
+            | NotificationEvent::FreezeEnded => Severity::Info,
+            NotificationEvent::RolloutPaused
+            | NotificationEvent::ApprovalRequested
+            | NotificationEvent::FreezeBegan => Severity::Warning,
             NotificationEvent::RolloutFailed
             | NotificationEvent::RollbackStarted
             | NotificationEvent::RollbackFinished => Severity::Critical,
@@ -148,6 +155,8 @@ impl NotificationEvent {
             ("rollback.restored" | "rollback.failed", _) => {
                 Some(NotificationEvent::RollbackFinished)
             }
+            ("freeze.began", _) => Some(NotificationEvent::FreezeBegan),
+            ("freeze.ended", _) => Some(NotificationEvent::FreezeEnded),
             _ => None,
         }
     }
@@ -197,11 +206,18 @@ pub struct ChannelSpec {
 }
 
 impl ChannelSpec {
-    /// Whether `event` in `environment` goes to this channel.
+    /// Whether `event` in `environment` goes to this channel. An app-wide freeze (no
+    /// environment) concerns every environment, so every channel of the app routes it.
     pub fn routes(&self, event: NotificationEvent, environment: Option<&str>) -> bool {
+        let app_wide = environment.is_none()
+            && matches!(
+                event,
+                NotificationEvent::FreezeBegan | NotificationEvent::FreezeEnded
+            );
         event.severity() >= self.severity
             && (self.events.is_empty() || self.events.contains(&event))
             && (self.environments.is_empty()
+                || app_wide
                 || environment.is_some_and(|name| self.environments.iter().any(|e| e == name)))
     }
 }
@@ -243,6 +259,8 @@ mod tests {
         assert!(channel.routes(NotificationEvent::RolloutFailed, Some("production")));
         assert!(!channel.routes(NotificationEvent::RolloutFailed, Some("staging")));
         assert!(!channel.routes(NotificationEvent::RolloutSucceeded, Some("production")));
+        assert!(channel.routes(NotificationEvent::FreezeBegan, None));
+        assert!(!channel.routes(NotificationEvent::FreezeBegan, Some("staging")));
         assert!(Severity::Info < Severity::Warning && Severity::Warning < Severity::Critical);
     }
 }

@@ -173,7 +173,9 @@ impl GateSpec {
             ),
             GateSpec::Soak { duration } => format!("soak {duration}"),
             GateSpec::Approval { required, .. } => format!("{required} approval(s)"),
-            GateSpec::Prometheus(gate) => format!("prometheus `{}`", gate.query),
+            GateSpec::Prometheus(gate) => {
+                format!("prometheus `{}` {}", gate.query, gate.condition())
+            }
             GateSpec::Webhook(gate) => format!("confirm from {}", gate.url),
         }
     }
@@ -199,6 +201,14 @@ pub struct HealthGate {
 }
 
 /// Prometheus gate settings.
+///
+/// Each round runs `query` (an instant query; its first sample is compared) and, when
+/// `min_samples` is set, `samples_query`. A round is a pass, a failure, an error (Prometheus
+/// unreachable or refusing the query), no data (an empty result or NaN) or too few samples.
+/// The gate fails at `failures` failed rounds, is inconclusive at `consecutive_errors` errors in
+/// a row or at no data (unless `no_data: fail`), and passes after `count` rounds (when set) or
+/// once passes in a row cover `hold`. Rounds with too few samples count for nothing: without
+/// enough traffic the gate waits, and at its deadline it is inconclusive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrometheusGate {
     /// Base URL of the Prometheus server.
@@ -209,18 +219,102 @@ pub struct PrometheusGate {
     pub below: Option<f64>,
     /// Passes when the value is above this.
     pub above: Option<f64>,
+    /// Passes when the value lies within `[min, max]` (inclusive).
+    #[serde(default)]
+    pub range: Option<(f64, f64)>,
     /// Time between queries.
     pub interval: Span,
     /// How long the condition must hold (consecutive passes covering this span).
     pub hold: Span,
-    /// Consecutive failed queries that fail the gate.
+    /// Rounds to take; the gate passes after the last if it has not failed.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Failed rounds (not necessarily in a row) that fail the gate.
     pub failures: u32,
+    /// Errors in a row (Prometheus unreachable, the query refused) that make it inconclusive.
+    #[serde(default = "one")]
+    pub consecutive_errors: u32,
+    /// The sample count behind a value (e.g. requests in the window); below `min_samples` a
+    /// round counts for nothing.
+    #[serde(default)]
+    pub samples_query: Option<String>,
+    /// Minimum `samples_query` value for a round to count.
+    #[serde(default)]
+    pub min_samples: Option<f64>,
     /// Wait before the first query.
     pub initial_delay: Span,
     /// What an empty result or NaN means.
     pub no_data: NoData,
     /// With no verdict after this long, the gate is inconclusive.
     pub deadline: Span,
+}
+
+/// Plans stored before `consecutive_errors` existed made every error inconclusive at once.
+fn one() -> u32 {
+    1
+}
+
+impl PrometheusGate {
+    /// Whether `value` meets every condition.
+    pub fn accepts(&self, value: f64) -> bool {
+        self.below.is_none_or(|limit| value < limit)
+            && self.above.is_none_or(|limit| value > limit)
+            && self
+                .range
+                .is_none_or(|(min, max)| (min..=max).contains(&value))
+    }
+
+    /// The conditions as people read them: `< 0.01`, `> 5 and < 10`, `in [1, 2]`.
+    pub fn condition(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(limit) = self.above {
+            parts.push(format!("> {limit}"));
+        }
+        if let Some(limit) = self.below {
+            parts.push(format!("< {limit}"));
+        }
+        if let Some((min, max)) = self.range {
+            parts.push(format!("in [{min}, {max}]"));
+        }
+        parts.join(" and ")
+    }
+}
+
+/// What one measurement of a metric gate found, beyond its verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading {
+    /// A value was compared (or a probe answered).
+    #[default]
+    Measured,
+    /// The query could not be run: Prometheus unreachable, slow, or refusing it.
+    Error,
+    /// An empty result or NaN.
+    NoData,
+    /// Fewer samples than `min_samples`: the round counts for nothing.
+    TooFewSamples,
+}
+
+impl Reading {
+    /// As stored in a check's detail (`None` for a measured value).
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Reading::Measured => None,
+            Reading::Error => Some("error"),
+            Reading::NoData => Some("no_data"),
+            Reading::TooFewSamples => Some("too_few_samples"),
+        }
+    }
+
+    /// Reads a check's detail `reading` field; anything else is a measured value.
+    pub fn parse(text: Option<&str>) -> Reading {
+        match text {
+            Some("error") => Reading::Error,
+            Some("no_data") => Reading::NoData,
+            Some("too_few_samples") => Reading::TooFewSamples,
+            _ => Reading::Measured,
+        }
+    }
 }
 
 /// What a metric gate makes of no data.

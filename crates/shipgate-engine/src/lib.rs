@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use shipgate_domain::decide::{decide, Decision, Timing, Transition};
-use shipgate_domain::plan::{GateSpec, NoData, StepSpec};
+use shipgate_domain::plan::{GateSpec, NoData, PrometheusGate, Reading, StepSpec};
 use shipgate_domain::provider::ProviderKind;
 use shipgate_domain::state::Verdict;
 use shipgate_providers::probes;
@@ -297,9 +297,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts the automatic promotions that are due (a release soaked long enough in the
-    /// environment an `auto: true` promotion rule names), each poll interval. Every replica
-    /// looks; the environment's lock and a unique index let only one promote a release.
+    /// Each poll interval: starts the automatic promotions that are due (a release soaked long
+    /// enough in the environment an `auto: true` promotion rule names), and announces freeze
+    /// windows that began or ended. Every replica looks; the environment's lock and a unique
+    /// index let only one promote a release, a conditional update only one announce an edge.
     async fn promote(self: Arc<Self>) {
         let actor = shipgate_store::Actor::engine(&self.config.replica);
         loop {
@@ -312,6 +313,11 @@ impl Engine {
                 }
                 Ok(_) => {}
                 Err(error) => warn!(%error, "automatic promotion failed; retrying"),
+            }
+            match shipgate_store::policy::announce_freeze_edges(&self.pool, &actor).await {
+                Ok(0) => {}
+                Ok(edges) => info!(edges, "freeze windows began or ended"),
+                Err(error) => warn!(%error, "announcing freeze windows failed; retrying"),
             }
         }
     }
@@ -453,10 +459,10 @@ impl Engine {
             Decision::Idle => return Ok(Some(now + chrono::Duration::hours(1))),
             Decision::Transition(transition) => {
                 let kind = transition_name(&transition);
-                let keep_going = self.transition(loaded, transition).await?;
+                let wait = self.transition(loaded, transition, now).await?;
                 metrics::counter!("shipgate_transitions_total", "transition" => kind).increment(1);
-                if !keep_going {
-                    return Ok(Some(now + chrono::Duration::hours(1)));
+                if wait.is_some() {
+                    return Ok(wait);
                 }
             }
             Decision::Submit {
@@ -480,12 +486,16 @@ impl Engine {
         Fenced::begin(&self.pool, loaded, &self.config.replica)
     }
 
-    /// Records a transition; returns false when the rollout must wait (queued behind another).
+    /// Records a transition; returns when to look again if the rollout must wait (queued behind
+    /// another, the line stopped, held by a freeze window).
     async fn transition(
         &self,
         loaded: &Loaded,
         transition: Transition,
-    ) -> Result<bool, EngineError> {
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<chrono::DateTime<Utc>>, EngineError> {
+        // Whatever frees a queued rollout or resumes the line wakes it; this is a fallback.
+        let later = now + chrono::Duration::hours(1);
         let rollout = loaded.id;
         match transition {
             Transition::Activate => {
@@ -494,17 +504,24 @@ impl Engine {
                     .await?
                     .activate(loaded.view.approval.is_some())
                     .await?;
-                return Ok(activated);
+                return Ok((!activated).then_some(later));
             }
             Transition::Start => {
                 // Held back while the app's line is stopped.
                 if !self.fence(loaded).await?.start().await? {
-                    return Ok(false);
+                    return Ok(Some(later));
                 }
             }
             Transition::StartPhase(index) => {
-                info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase started");
-                self.fence(loaded).await?.start_phase(index).await?;
+                let phase = &loaded.plan.phases[index].name;
+                if let Some(hold) = self.fence(loaded).await?.start_phase(index).await? {
+                    info!(rollout.id = %rollout, %phase, reason = %hold.reason, "held by a freeze window");
+                    // Looked at again every minute too, so a window deleted or shortened
+                    // lets the rollout go on.
+                    let recheck = now + chrono::Duration::minutes(1);
+                    return Ok(Some(hold.until.map_or(recheck, |until| until.min(recheck))));
+                }
+                info!(rollout.id = %rollout, %phase, "phase started");
             }
             Transition::StepTimedOut { phase, step } => {
                 let row = &loaded.steps[&(phase, step)];
@@ -562,7 +579,7 @@ impl Engine {
                 }
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     async fn credential(
@@ -998,43 +1015,7 @@ impl Engine {
                     json!({ "summary": parts.join("; ") }),
                 )
             }
-            GateSpec::Prometheus(metric) => {
-                let result = probes::prometheus_value(
-                    &self.http,
-                    &metric.url,
-                    &metric.query,
-                    Duration::from_secs(10),
-                )
-                .await;
-                match result {
-                    Ok(Some(value)) => {
-                        let below = metric.below.is_none_or(|limit| value < limit);
-                        let above = metric.above.is_none_or(|limit| value > limit);
-                        let verdict = if below && above {
-                            Verdict::Pass
-                        } else {
-                            Verdict::Fail
-                        };
-                        (
-                            verdict,
-                            Some(value),
-                            json!({ "summary": format!("value {value}") }),
-                        )
-                    }
-                    Ok(None) => {
-                        let verdict = match metric.no_data {
-                            NoData::Inconclusive => Verdict::Inconclusive,
-                            NoData::Fail => Verdict::Fail,
-                        };
-                        (
-                            verdict,
-                            None,
-                            json!({ "summary": "no data (empty result or NaN)" }),
-                        )
-                    }
-                    Err(message) => (Verdict::Inconclusive, None, json!({ "summary": message })),
-                }
-            }
+            GateSpec::Prometheus(metric) => self.measure(metric).await,
             GateSpec::Webhook(webhook) => {
                 let payload = json!({
                     "rollout": loaded.id, "app": loaded.app, "environment": loaded.environment,
@@ -1066,6 +1047,72 @@ impl Engine {
             .record_check(phase, gate, verdict, value, detail)
             .await?;
         Ok(())
+    }
+
+    /// One round of a metric gate: the samples behind the value first (when a minimum is set),
+    /// then the value against the conditions.
+    async fn measure(&self, metric: &PrometheusGate) -> (Verdict, Option<f64>, Value) {
+        const TIMEOUT: Duration = Duration::from_secs(10);
+        let error = |message: String| {
+            (
+                Verdict::Inconclusive,
+                None,
+                json!({ "summary": message, "reading": Reading::Error.as_str() }),
+            )
+        };
+        let mut samples = None;
+        if let (Some(query), Some(min)) = (&metric.samples_query, metric.min_samples) {
+            let found =
+                match probes::prometheus_value(&self.http, &metric.url, query, TIMEOUT).await {
+                    Ok(found) => found.unwrap_or(0.0),
+                    Err(message) => return error(message),
+                };
+            if found < min {
+                return (
+                    Verdict::Inconclusive,
+                    None,
+                    json!({
+                        "summary": format!("{found} samples, {min} needed"),
+                        "reading": Reading::TooFewSamples.as_str(),
+                        "samples": found,
+                    }),
+                );
+            }
+            samples = Some(found);
+        }
+        match probes::prometheus_value(&self.http, &metric.url, &metric.query, TIMEOUT).await {
+            Ok(Some(value)) => {
+                let verdict = if metric.accepts(value) {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                };
+                let mut summary = format!("value {value} (needs {})", metric.condition());
+                if let Some(samples) = samples {
+                    summary.push_str(&format!(" from {samples} samples"));
+                }
+                (
+                    verdict,
+                    Some(value),
+                    json!({ "summary": summary, "samples": samples }),
+                )
+            }
+            Ok(None) => {
+                let verdict = match metric.no_data {
+                    NoData::Inconclusive => Verdict::Inconclusive,
+                    NoData::Fail => Verdict::Fail,
+                };
+                (
+                    verdict,
+                    None,
+                    json!({
+                        "summary": "no data (empty result or NaN)",
+                        "reading": Reading::NoData.as_str(),
+                    }),
+                )
+            }
+            Err(message) => error(message),
+        }
     }
 }
 

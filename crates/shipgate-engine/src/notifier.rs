@@ -234,10 +234,14 @@ impl Notifier {
         }
     }
 
+    /// The page the notification is about: the rollout's, or the app's freeze windows.
     fn rollout_link(&self, payload: &Value) -> Option<String> {
-        let base = self.config.public_url.as_deref()?;
-        let rollout = payload.get("rollout_id")?.as_str()?;
-        Some(format!("{}/rollouts/{rollout}", base.trim_end_matches('/')))
+        let base = self.config.public_url.as_deref()?.trim_end_matches('/');
+        if let Some(rollout) = payload.get("rollout_id").and_then(Value::as_str) {
+            return Some(format!("{base}/rollouts/{rollout}"));
+        }
+        let app = payload.get("app")?.as_str()?;
+        Some(format!("{base}/apps/{app}/freezes"))
     }
 }
 
@@ -320,7 +324,7 @@ fn headline(payload: &Value) -> String {
     let event = field(payload, "event", "event");
     let (subject, verb) = event.split_once('.').unwrap_or((event, ""));
     let app = field(payload, "app", "?");
-    let environment = field(payload, "environment", "?");
+    let environment = field(payload, "environment", "every environment");
     format!("{app}: {subject} {verb} in {environment}")
 }
 
@@ -351,17 +355,29 @@ fn slack_message(payload: &Value, link: Option<&str>) -> Value {
         _ => ":white_check_mark:",
     };
     let headline = headline(payload);
-    let mut fallback = format!("{headline} (release {})", field(payload, "release", "?"));
+    let freeze = field(payload, "event", "").starts_with("freeze.");
+    let mut fallback = if freeze {
+        format!("{headline} (“{}”)", field(payload, "window", "?"))
+    } else {
+        format!("{headline} (release {})", field(payload, "release", "?"))
+    };
     if let Some(reason) = payload.get("reason").and_then(Value::as_str) {
         fallback.push_str(": ");
         fallback.push_str(reason);
     }
-    let facts = [
+    let mut facts = vec![
         ("App", field(payload, "app", "?")),
-        ("Environment", field(payload, "environment", "?")),
-        ("Release", field(payload, "release", "?")),
-        ("State", field(payload, "state", "?")),
+        (
+            "Environment",
+            field(payload, "environment", "every environment"),
+        ),
     ];
+    if freeze {
+        facts.push(("Freeze window", field(payload, "window", "?")));
+    } else {
+        facts.push(("Release", field(payload, "release", "?")));
+        facts.push(("State", field(payload, "state", "?")));
+    }
     let mut blocks = vec![
         json!({
             "type": "header",
@@ -382,7 +398,12 @@ fn slack_message(payload: &Value, link: Option<&str>) -> Value {
     }
     let mut context = format!("{severity} · {}", field(payload, "event", "?"));
     if let Some(link) = link {
-        context.push_str(&format!(" · <{link}|View rollout>"));
+        let what = if freeze {
+            "View freeze windows"
+        } else {
+            "View rollout"
+        };
+        context.push_str(&format!(" · <{link}|{what}>"));
     }
     blocks.push(json!({
         "type": "context",

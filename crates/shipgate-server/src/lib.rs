@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod freezes;
 pub mod hooks;
 pub mod idempotency;
 pub mod limits;
@@ -180,6 +181,7 @@ pub fn app(state: AppState) -> Router {
         .merge(access::router())
         .merge(hooks::api_router())
         .merge(notifications::router())
+        .merge(freezes::router())
         .merge(openapi::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

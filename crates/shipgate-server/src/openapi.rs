@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{access, api, hooks, notifications, ops, AppState};
+use crate::{access, api, freezes, hooks, notifications, ops, AppState};
 
 /// Where the document is served.
 pub const PATH: &str = "/api/v1/openapi.json";
@@ -65,6 +65,10 @@ pub const PATH: &str = "/api/v1/openapi.json";
         access::disable_user,
         hooks::list_deliveries,
         notifications::list_notifications,
+        freezes::list_freezes,
+        freezes::create_freeze,
+        freezes::preview_freeze,
+        freezes::delete_freeze,
         hooks::github,
         hooks::github_for_app,
         hooks::gitlab,
@@ -86,6 +90,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "access", description = "API tokens and dashboard users (admin only)."),
         (name = "webhooks", description = "Git and CI deliveries, verified by signature rather than token."),
         (name = "notifications", description = "Notifications of rollouts and rollbacks to Slack and signed webhooks, and their delivery."),
+        (name = "freezes", description = "Freeze windows: when rollouts are refused, and what a window would block."),
         (name = "operations", description = "Liveness, readiness, metrics and this document."),
     ),
 )]

@@ -17,11 +17,12 @@ use shipgate_domain::config::TargetSpec;
 use shipgate_domain::decide::{
     ApprovalView, CheckView, GateView, PhaseView, RolloutView, StepView,
 };
-use shipgate_domain::plan::Plan;
+use shipgate_domain::plan::{Plan, Reading};
 use shipgate_domain::state::{PhaseState, RolloutKind, RolloutState, StepState, Verdict};
 
 use crate::events::{self, Actor, Scope};
 use crate::line;
+use crate::policy::{self, Hold};
 use crate::releases::{self, Release};
 use crate::rollouts::{self, finish_phases, notify, wake_queue};
 use crate::StoreError;
@@ -308,6 +309,7 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_owned(),
+                    reading: Reading::parse(detail.get("reading").and_then(Value::as_str)),
                 });
             }
         }
@@ -590,18 +592,73 @@ impl<'a> Fenced<'a> {
             .is_some())
     }
 
-    /// A phase starts its steps.
-    pub async fn start_phase(mut self, index: usize) -> Result<(), StoreError> {
+    /// A phase starts its steps, unless a freeze window that began since the rollout started
+    /// holds it ([`policy::hold`]): then only the rollout's reason changes (with an event, the
+    /// first time) and the hold is returned. The next start after a hold lifts it.
+    pub async fn start_phase(mut self, index: usize) -> Result<Option<Hold>, StoreError> {
+        let name = self.loaded.plan.phases[index].name.clone();
+        // One read in the common case (no window covers the environment).
+        let (overridden, trigger, reason, now, windows): (
+            Option<String>,
+            String,
+            Option<String>,
+            DateTime<Utc>,
+            i64,
+        ) = sqlx::query_as(
+            "select r.freeze_override, r.trigger, r.state_reason, now(),
+                    (select count(*) from freeze_windows f
+                      where f.app_id = r.app_id
+                        and (f.environment_id is null or f.environment_id = r.environment_id))
+               from rollouts r where r.id = $1",
+        )
+        .bind(self.loaded.id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let held = if windows > 0 && overridden.is_none() {
+            let start = policy::Start {
+                environment: &self.loaded.environment,
+                initiator: policy::Initiator::of_trigger(&trigger),
+                rollback: self.loaded.view.kind == RolloutKind::Rollback,
+            };
+            let scope = (self.loaded.app_id, self.loaded.environment_id);
+            policy::hold(&mut self.tx, scope, start, now).await?
+        } else {
+            None
+        };
+        if let Some(hold) = held {
+            if reason.as_deref() != Some(hold.reason.as_str()) {
+                sqlx::query("update rollouts set state_reason = $2 where id = $1")
+                    .bind(self.loaded.id)
+                    .bind(&hold.reason)
+                    .execute(&mut *self.tx)
+                    .await?;
+                self.event(
+                    "rollout.held",
+                    json!({ "phase": name, "reason": hold.reason, "until": hold.until }),
+                )
+                .await?;
+                self.commit().await?;
+            }
+            return Ok(Some(hold));
+        }
+        if reason.is_some_and(|reason| reason.starts_with(policy::HELD)) {
+            sqlx::query("update rollouts set state_reason = null where id = $1")
+                .bind(self.loaded.id)
+                .execute(&mut *self.tx)
+                .await?;
+            self.event("rollout.hold_lifted", json!({ "phase": name }))
+                .await?;
+        }
         self.set_phase(index, PhaseState::Running, None).await?;
         sqlx::query("update rollouts set current_phase = $2 where id = $1")
             .bind(self.loaded.id)
             .bind(index as i32)
             .execute(&mut *self.tx)
             .await?;
-        let name = self.loaded.plan.phases[index].name.clone();
         self.event("phase.started", json!({ "phase": name, "index": index }))
             .await?;
-        self.commit().await
+        self.commit().await?;
+        Ok(None)
     }
 
     /// Records the intent of a step attempt before the provider is called.

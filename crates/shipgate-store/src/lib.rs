@@ -12,6 +12,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod freezes;
 pub mod line;
 pub mod notifications;
 pub mod policy;

@@ -120,7 +120,7 @@ pub(crate) async fn record_announced(
                         'at', recorded.at, 'app', a.name, 'environment', en.name,
                         'rollout_id', r.id, 'kind', r.kind, 'release', rel.version,
                         'state', r.state, 'reason', coalesce($7->>'reason', r.state_reason),
-                        'actor', $4 || ':' || $5),
+                        'actor', $4 || ':' || $5, 'window', $7->>'window'),
                     c.app_id, c.name, $8, $9
                from recorded
                join notification_channels c on c.app_id = $1
@@ -130,7 +130,8 @@ pub(crate) async fn record_announced(
                left join releases rel on rel.id = r.release_id
               where c.min_severity <= $10
                 and (cardinality(c.events) = 0 or $8 = any(c.events))
-                and (cardinality(c.environments) = 0 or en.name = any(c.environments))
+                and (cardinality(c.environments) = 0 or en.name = any(c.environments)
+                     or ($2::uuid is null and $8 in ('freeze.began', 'freeze.ended')))
                 and not (r.kind is not distinct from 'rollback'
                          and $8 in ('rollout.started', 'rollout.succeeded', 'rollout.failed'))
              returning 1

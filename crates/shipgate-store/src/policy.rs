@@ -5,13 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::PgConnection;
-
-use shipgate_domain::freeze::Schedule;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
 
 use crate::apps::{self, Environment};
-use crate::dashboard::FreezeWindow;
 use crate::events::{self, Actor, Scope};
+use crate::freezes::FreezeWindow;
 use crate::releases::Release;
 use crate::StoreError;
 
@@ -57,15 +56,7 @@ impl FreezeWindow {
     /// (a weekly window with a bad schedule or time zone) is on, forever: a freeze is never
     /// dropped silently; fix or delete it.
     pub fn on_until(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, String> {
-        let schedule = Schedule::from_stored(
-            &self.kind,
-            self.starts_at,
-            self.ends_at,
-            self.weekly.as_ref(),
-            &self.time_zone,
-        )
-        .map_err(|error| error.to_string())?;
-        Ok(schedule.on_until(now))
+        Ok(self.schedule()?.on_until(now))
     }
 
     /// Why this window stops `start` at `now`, or `None` when it does not.
@@ -100,25 +91,6 @@ impl FreezeWindow {
     }
 }
 
-/// The freeze windows that could cover an environment (its own and the app's).
-pub async fn freezes_of(
-    tx: &mut PgConnection,
-    environment: &Environment,
-) -> Result<Vec<FreezeWindow>, StoreError> {
-    Ok(sqlx::query_as::<_, FreezeWindow>(
-        "select f.id, e.name as environment, f.name, f.kind, f.starts_at, f.ends_at, f.weekly,
-                f.time_zone, f.blocks_manual, f.blocks_automation, f.allows_rollback, f.reason,
-                f.created_by
-           from freeze_windows f left join environments e on e.id = f.environment_id
-          where f.app_id = $1 and (f.environment_id is null or f.environment_id = $2)
-          order by f.name",
-    )
-    .bind(environment.app_id)
-    .bind(environment.id)
-    .fetch_all(&mut *tx)
-    .await?)
-}
-
 /// An admin's decision to start a rollout despite the freeze windows that block it.
 #[derive(Clone, Copy, Debug)]
 pub struct FreezeOverride<'a> {
@@ -136,7 +108,7 @@ pub async fn check_freezes(
     override_freeze: Option<FreezeOverride<'_>>,
 ) -> Result<Vec<String>, StoreError> {
     let now = database_now(tx).await?;
-    let windows = freezes_of(tx, environment).await?;
+    let windows = windows_covering(tx, environment.app_id, environment.id).await?;
     let blocking: Vec<(&FreezeWindow, String)> = windows
         .iter()
         .filter_map(|window| window.blocks(start, now).map(|why| (window, why)))
@@ -175,6 +147,159 @@ pub async fn record_override(
         json!({ "windows": windows, "reason": override_freeze.reason }),
     )
     .await
+}
+
+/// Keeps an override's reason with the rollout it started, so the windows it overrode do not
+/// hold it at its phase boundaries either.
+pub async fn keep_override(
+    tx: &mut PgConnection,
+    rollout: Uuid,
+    override_freeze: FreezeOverride<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query("update rollouts set freeze_override = $2 where id = $1")
+        .bind(rollout)
+        .bind(override_freeze.reason)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The freeze windows of an environment, by ids.
+async fn windows_covering(
+    tx: &mut PgConnection,
+    app_id: Uuid,
+    environment_id: Uuid,
+) -> Result<Vec<FreezeWindow>, StoreError> {
+    Ok(sqlx::query_as::<_, FreezeWindow>(
+        "select f.id, e.name as environment, f.name, f.kind, f.starts_at, f.ends_at, f.weekly,
+                f.time_zone, f.blocks_manual, f.blocks_automation, f.allows_rollback, f.reason,
+                f.created_by
+           from freeze_windows f left join environments e on e.id = f.environment_id
+          where f.app_id = $1 and (f.environment_id is null or f.environment_id = $2)
+          order by f.name",
+    )
+    .bind(app_id)
+    .bind(environment_id)
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// How a held rollout's reason begins.
+pub const HELD: &str = "held before its next phase:";
+
+/// A rollout held at a phase boundary by a freeze window that began after it started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hold {
+    /// Which windows and until when, as people read it.
+    pub reason: String,
+    /// The end of the latest blocking occurrence (`None`: a window that cannot be read).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Whether a freeze window holds a running rollout before its next phase: the same rule as
+/// at its start (who started it, whether it is a rollback). The caller skips rollouts an admin
+/// started through a freeze.
+pub async fn hold(
+    tx: &mut PgConnection,
+    (app_id, environment_id): (Uuid, Uuid),
+    start: Start<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<Hold>, StoreError> {
+    let windows = windows_covering(tx, app_id, environment_id).await?;
+    let mut reasons = Vec::new();
+    let mut until: Option<DateTime<Utc>> = Some(now);
+    for window in &windows {
+        if let Some(why) = window.blocks(start, now) {
+            reasons.push(why);
+            let end = window.on_until(now).ok().flatten();
+            until = match (until, end) {
+                (Some(held), Some(end)) => Some(held.max(end)),
+                _ => None,
+            };
+        }
+    }
+    if reasons.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Hold {
+        reason: format!("{HELD} {}", reasons.join("; ")),
+        until,
+    }))
+}
+
+/// Announces the freeze windows that began or ended since they were last looked at: each edge
+/// flips the window's `announced_on` with a conditional update and records `freeze.began` or
+/// `freeze.ended` (which notifies the app's channels) in the same transaction, so with several
+/// replicas looking, each edge is announced once. Returns how many edges were announced.
+pub async fn announce_freeze_edges(pool: &PgPool, actor: &Actor) -> Result<usize, StoreError> {
+    let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(pool).await?;
+    let rows = sqlx::query(
+        "select f.id, f.app_id, f.environment_id, e.name as environment, f.name, f.kind,
+                f.starts_at, f.ends_at, f.weekly, f.time_zone, f.blocks_manual,
+                f.blocks_automation, f.allows_rollback, f.reason, f.created_by, f.announced_on
+           from freeze_windows f left join environments e on e.id = f.environment_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut announced = 0;
+    for row in rows {
+        let window: FreezeWindow = sqlx::FromRow::from_row(&row)?;
+        let was_on: bool = row.get("announced_on");
+        let until = window.on_until(now);
+        let on = !matches!(until, Ok(None));
+        if on == was_on {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let flipped = sqlx::query(
+            "update freeze_windows set announced_on = $2 where id = $1 and announced_on = $3",
+        )
+        .bind(window.id)
+        .bind(on)
+        .bind(was_on)
+        .execute(&mut *tx)
+        .await?;
+        if flipped.rows_affected() != 1 {
+            continue;
+        }
+        let scope = Scope {
+            app_id: row.get("app_id"),
+            environment_id: row.get("environment_id"),
+            rollout_id: None,
+        };
+        let covers = window.environment.as_deref().unwrap_or("every environment");
+        let reason = match (&until, on) {
+            (Ok(Some(end)), true) => format!(
+                "freeze window “{}” began for {covers}{}, until {}",
+                window.name,
+                window
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                end.format("%Y-%m-%d %H:%M UTC")
+            ),
+            (Err(why), true) => format!(
+                "freeze window “{}” cannot be read and holds {covers} until fixed: {why}",
+                window.name
+            ),
+            _ => format!("freeze window “{}” ended for {covers}", window.name),
+        };
+        events::record(
+            &mut *tx,
+            scope,
+            actor,
+            if on { "freeze.began" } else { "freeze.ended" },
+            json!({
+                "window": window.name, "id": window.id, "reason": reason,
+                "until": until.ok().flatten(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        announced += 1;
+    }
+    Ok(announced)
 }
 
 /// Refuses a release the environment's promotion rule does not let in yet: it must have

@@ -198,6 +198,7 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
     .await?;
     if let (false, Some(override_freeze)) = (overridden.is_empty(), new.override_freeze) {
         policy::record_override(&mut *tx, scope, new.actor, &overridden, override_freeze).await?;
+        policy::keep_override(&mut *tx, id, override_freeze).await?;
     }
     for old in superseded {
         events::record(
@@ -606,6 +607,7 @@ pub async fn rollback_in(
             override_freeze,
         )
         .await?;
+        policy::keep_override(&mut *tx, rollout_id, override_freeze).await?;
     }
     if let Some(undone) = undone {
         events::record(

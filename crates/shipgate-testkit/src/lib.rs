@@ -183,6 +183,23 @@ impl Server {
         ))
     }
 
+    /// Signs in to the dashboard with the login form's fields (`username` and `password`, or
+    /// `token`): a client holding the session cookie that does not follow redirects (so a test
+    /// sees the 303 an action answers).
+    pub async fn sign_in(&self, form: &[(&str, &str)]) -> Result<reqwest::Client> {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let response = client.post(self.at("/login")).form(form).send().await?;
+        anyhow::ensure!(
+            response.status() == 303,
+            "signing in answered {}",
+            response.status()
+        );
+        Ok(client)
+    }
+
     /// Long-polls a rollout until it is finished, or fails after `limit`.
     pub async fn wait_finished(&self, rollout: &str, limit: Duration) -> Result<Value> {
         let started = Instant::now();
@@ -231,3 +248,12 @@ where
 }
 
 pub mod fakes;
+
+/// The CSRF token a dashboard page's forms carry.
+pub fn csrf_of(html: &str) -> String {
+    let start = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token")
+        + r#"name="csrf" value=""#.len();
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}

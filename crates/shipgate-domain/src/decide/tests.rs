@@ -84,7 +84,47 @@ fn check(verdict: Verdict, at_seconds: i64) -> CheckView {
         at: at(at_seconds),
         overridden: false,
         summary: format!("{verdict}"),
+        reading: Reading::Measured,
     }
+}
+
+fn reading(reading: Reading, at_seconds: i64) -> CheckView {
+    CheckView {
+        reading,
+        ..check(Verdict::Inconclusive, at_seconds)
+    }
+}
+
+/// An error-rate gate: below 1%, a round a minute, the rest as given by `change`.
+fn metric_gate(change: impl FnOnce(&mut PrometheusGate)) -> GateSpec {
+    let mut gate = PrometheusGate {
+        url: "http://prometheus".into(),
+        query: "errors".into(),
+        below: Some(0.01),
+        above: None,
+        range: None,
+        interval: Span::secs(60),
+        hold: Span::default(),
+        count: None,
+        failures: 1,
+        consecutive_errors: 1,
+        samples_query: None,
+        min_samples: None,
+        initial_delay: Span::default(),
+        no_data: crate::plan::NoData::Inconclusive,
+        deadline: Span::secs(600),
+    };
+    change(&mut gate);
+    GateSpec::Prometheus(gate)
+}
+
+/// A rollout verifying `gate` since 0 with `checks` recorded.
+fn verifying(gate: GateSpec, checks: Vec<CheckView>) -> RolloutView {
+    let mut rollout = view(plan(vec![(vec![], vec![gate], OnFailure::Rollback)]));
+    rollout.phases[0].state = PhaseState::Verifying;
+    rollout.phases[0].verifying_at = Some(at(0));
+    rollout.phases[0].gates[0].checks = checks;
+    rollout
 }
 
 #[test]
@@ -262,26 +302,150 @@ fn checks_before_a_retry_do_not_count() {
 
 #[test]
 fn an_inconclusive_metric_pauses_and_never_passes() {
-    let gate = GateSpec::Prometheus(crate::plan::PrometheusGate {
-        url: "http://prometheus".into(),
-        query: "up".into(),
-        below: Some(0.01),
-        above: None,
-        interval: Span::secs(60),
-        hold: Span::default(),
-        failures: 1,
-        initial_delay: Span::default(),
-        no_data: crate::plan::NoData::Inconclusive,
-        deadline: Span::secs(600),
-    });
-    let mut rollout = view(plan(vec![(vec![], vec![gate], OnFailure::Rollback)]));
-    rollout.phases[0].state = PhaseState::Verifying;
-    rollout.phases[0].verifying_at = Some(at(0));
-    rollout.phases[0].gates[0].checks = vec![check(Verdict::Inconclusive, 0)];
+    let rollout = verifying(metric_gate(|_| {}), vec![reading(Reading::NoData, 0)]);
     assert!(matches!(
         decide(&rollout, at(1), Timing::default()),
         Decision::Transition(Transition::Pause { .. })
     ));
+}
+
+#[test]
+fn a_metric_gate_fails_at_its_failure_limit_counting_failures_apart() {
+    let gate = || {
+        metric_gate(|g| {
+            g.failures = 2;
+            g.hold = Span::secs(300);
+        })
+    };
+    let one = verifying(
+        gate(),
+        vec![check(Verdict::Fail, 0), check(Verdict::Pass, 60)],
+    );
+    assert_eq!(
+        decide(&one, at(120), Timing::default()),
+        Decision::Check { phase: 0, gate: 0 },
+        "one failure of two allowed: measure again"
+    );
+    let two = verifying(
+        gate(),
+        vec![
+            check(Verdict::Fail, 0),
+            check(Verdict::Pass, 60),
+            check(Verdict::Fail, 120),
+        ],
+    );
+    assert!(
+        matches!(
+            decide(&two, at(121), Timing::default()),
+            Decision::Transition(Transition::RollBack { ref reason, .. })
+                if reason.contains("2 failed rounds of 3 (limit 2)")
+        ),
+        "{:?}",
+        decide(&two, at(121), Timing::default())
+    );
+}
+
+#[test]
+fn a_metric_gate_with_a_count_passes_after_its_last_round() {
+    let gate = || {
+        metric_gate(|g| {
+            g.count = Some(3);
+            g.failures = 2;
+        })
+    };
+    let two = verifying(
+        gate(),
+        vec![check(Verdict::Pass, 0), check(Verdict::Fail, 60)],
+    );
+    assert_eq!(
+        decide(&two, at(120), Timing::default()),
+        Decision::Check { phase: 0, gate: 0 }
+    );
+    let three = verifying(
+        gate(),
+        vec![
+            check(Verdict::Pass, 0),
+            check(Verdict::Fail, 60),
+            check(Verdict::Pass, 120),
+        ],
+    );
+    assert_eq!(
+        decide(&three, at(121), Timing::default()),
+        Decision::Transition(Transition::PhaseSucceeded(0))
+    );
+}
+
+#[test]
+fn query_errors_are_retried_up_to_the_consecutive_error_limit() {
+    let gate = || {
+        metric_gate(|g| {
+            g.consecutive_errors = 3;
+            g.hold = Span::secs(300);
+        })
+    };
+    let two = verifying(
+        gate(),
+        vec![
+            reading(Reading::Error, 0),
+            check(Verdict::Pass, 60),
+            reading(Reading::Error, 120),
+            reading(Reading::Error, 180),
+        ],
+    );
+    assert_eq!(
+        decide(&two, at(240), Timing::default()),
+        Decision::Check { phase: 0, gate: 0 },
+        "two errors in a row of three allowed: query again"
+    );
+    let mut three = two.clone();
+    three.phases[0].gates[0]
+        .checks
+        .push(reading(Reading::Error, 240));
+    assert!(matches!(
+        decide(&three, at(241), Timing::default()),
+        Decision::Transition(Transition::Pause { ref reason, .. })
+            if reason.contains("3 query errors in a row")
+    ));
+}
+
+#[test]
+fn rounds_with_too_few_samples_count_for_nothing_and_end_inconclusive() {
+    let gate = || metric_gate(|g| g.min_samples = Some(100.0));
+    let waiting = verifying(
+        gate(),
+        vec![
+            reading(Reading::TooFewSamples, 0),
+            reading(Reading::TooFewSamples, 60),
+        ],
+    );
+    assert_eq!(
+        decide(&waiting, at(120), Timing::default()),
+        Decision::Check { phase: 0, gate: 0 },
+        "low traffic neither passes nor pauses before the deadline"
+    );
+    let mut late = waiting.clone();
+    late.phases[0].gates[0].checks = (0..10)
+        .map(|n| reading(Reading::TooFewSamples, n * 60))
+        .collect();
+    assert!(matches!(
+        decide(&late, at(600), Timing::default()),
+        Decision::Transition(Transition::Pause { ref reason, .. })
+            if reason.contains("not enough traffic")
+    ));
+}
+
+#[test]
+fn metric_conditions_read_as_written() {
+    let GateSpec::Prometheus(mut gate) = metric_gate(|_| {}) else {
+        unreachable!()
+    };
+    assert!(gate.accepts(0.009) && !gate.accepts(0.01));
+    gate.below = None;
+    gate.range = Some((1.0, 2.0));
+    assert!(gate.accepts(1.0) && gate.accepts(2.0) && !gate.accepts(2.01) && !gate.accepts(0.5));
+    gate.above = Some(1.5);
+    assert!(!gate.accepts(1.5) && gate.accepts(1.6));
+    assert_eq!(gate.condition(), "> 1.5 and in [1, 2]");
 }
 
 #[test]
@@ -534,10 +698,13 @@ impl Model {
                 }
             }
             Decision::Check { phase, gate } => {
-                let verdict = match self.draw() % 7 {
-                    0 => Verdict::Fail,
-                    1 => Verdict::Inconclusive,
-                    _ => Verdict::Pass,
+                let (verdict, reading) = match self.draw() % 10 {
+                    0 => (Verdict::Fail, Reading::Measured),
+                    1 => (Verdict::Inconclusive, Reading::Measured),
+                    2 => (Verdict::Inconclusive, Reading::Error),
+                    3 => (Verdict::Inconclusive, Reading::TooFewSamples),
+                    4 => (Verdict::Inconclusive, Reading::NoData),
+                    _ => (Verdict::Pass, Reading::Measured),
                 };
                 let now = self.now;
                 self.rollout.phases[phase].gates[gate]
@@ -547,6 +714,7 @@ impl Model {
                         at: now,
                         overridden: false,
                         summary: verdict.to_string(),
+                        reading,
                     });
             }
             Decision::SleepUntil(when) => {
@@ -621,17 +789,17 @@ fn arbitrary_gate() -> impl Strategy<Value = GateSpec> {
             required,
             timeout: Span::secs(3600)
         }),
-        Just(GateSpec::Prometheus(crate::plan::PrometheusGate {
-            url: "http://prometheus".into(),
-            query: "up".into(),
-            below: Some(0.01),
-            above: None,
-            interval: Span::secs(60),
-            hold: Span::secs(120),
-            failures: 2,
-            initial_delay: Span::secs(30),
-            no_data: crate::plan::NoData::Inconclusive,
-            deadline: Span::secs(900),
+        Just(metric_gate(|g| {
+            g.hold = Span::secs(120);
+            g.failures = 2;
+            g.initial_delay = Span::secs(30);
+            g.deadline = Span::secs(900);
+        })),
+        Just(metric_gate(|g| {
+            g.count = Some(3);
+            g.failures = 2;
+            g.consecutive_errors = 2;
+            g.min_samples = Some(10.0);
         })),
     ]
 }

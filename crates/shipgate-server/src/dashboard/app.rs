@@ -6,7 +6,7 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -15,9 +15,8 @@ use uuid::Uuid;
 
 use shipgate_domain::state::RolloutKind;
 use shipgate_store::apps::{self, App, Environment};
-use shipgate_store::dashboard::{
-    self as views, DeployBucket, FreezeWindow, RestoreBucket, RollbackEntry,
-};
+use shipgate_store::dashboard::{self as views, DeployBucket, RestoreBucket, RollbackEntry};
+use shipgate_store::freezes::{self, FreezePreview, FreezeTimes, FreezeWindow};
 use shipgate_store::notifications::{self, Notification};
 use shipgate_store::policy;
 use shipgate_store::releases::{self, Release};
@@ -224,7 +223,7 @@ async fn pipeline_facts(
     let release_ids: Vec<Uuid> = releases.iter().map(|r| r.id).collect();
     Ok(PipelineFacts {
         succeeded: views::succeeded_in(&state.pool, &release_ids).await?,
-        freezes: views::freeze_windows(&state.pool, app.id).await?,
+        freezes: freezes::list(&state.pool, app.id).await?,
         current: views::current_releases(&state.pool, &ids).await?,
         busy: views::in_flight(&state.pool, &ids)
             .await?
@@ -767,8 +766,8 @@ struct FreezesPage {
     windows: Vec<(FreezeWindow, bool)>,
     can_create: bool,
     can_delete: bool,
-    now: String,
-    later: String,
+    draft: FreezeForm,
+    preview: Option<FreezePreview>,
 }
 
 pub(super) async fn freezes(
@@ -776,9 +775,37 @@ pub(super) async fn freezes(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, PageError> {
-    let app = readable_app(&state, &session, &name).await?;
     let now = Utc::now();
-    let windows = views::freeze_windows(&state.pool, app.id)
+    let draft = FreezeForm {
+        csrf: String::new(),
+        action: String::new(),
+        name: String::new(),
+        environment: String::new(),
+        kind: "one_off".into(),
+        starts_at: now.format("%Y-%m-%dT%H:%M").to_string(),
+        ends_at: (now + Duration::hours(2))
+            .format("%Y-%m-%dT%H:%M")
+            .to_string(),
+        weekly: "Fri 18:00-Mon 08:00".into(),
+        time_zone: "UTC".into(),
+        reason: String::new(),
+        blocks_manual: Some("on".into()),
+        blocks_automation: Some("on".into()),
+        allows_rollback: Some("on".into()),
+    };
+    freezes_page(&state, &session, &name, draft, None).await
+}
+
+async fn freezes_page(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    draft: FreezeForm,
+    preview: Option<FreezePreview>,
+) -> Result<Html<String>, PageError> {
+    let app = readable_app(state, session, name).await?;
+    let now = Utc::now();
+    let windows = freezes::list(&state.pool, app.id)
         .await?
         .into_iter()
         .map(|window| {
@@ -788,31 +815,47 @@ pub(super) async fn freezes(
         .collect();
     render(&FreezesPage {
         nav: session.nav(Some(&app.name), "freezes"),
-        environments: visible_environments(&session, &app)
+        environments: visible_environments(session, &app)
             .map(str::to_owned)
             .collect(),
         can_create: session.may(Scope::Deploy, Target::WholeApp(&app.name)),
         can_delete: session.may(Scope::Approve, Target::WholeApp(&app.name)),
         app: app.name,
         windows,
-        now: now.format("%Y-%m-%dT%H:%M").to_string(),
-        later: (now + Duration::hours(2))
-            .format("%Y-%m-%dT%H:%M")
-            .to_string(),
+        draft,
+        preview,
     })
 }
 
-#[derive(Deserialize)]
+/// The new-window form, also kept to show it again under a preview.
+#[derive(Clone, Deserialize)]
 pub(super) struct FreezeForm {
     csrf: String,
+    /// `preview` shows what the window would block; anything else creates it.
+    #[serde(default)]
+    action: String,
     name: String,
     #[serde(default)]
     environment: String,
+    /// `one_off` or `weekly`.
+    #[serde(default)]
+    kind: String,
     /// `YYYY-MM-DDTHH:MM`, UTC (an HTML `datetime-local`).
+    #[serde(default)]
     starts_at: String,
+    #[serde(default)]
     ends_at: String,
+    /// `Fri 18:00-Mon 08:00`, several separated by commas.
+    #[serde(default)]
+    weekly: String,
+    #[serde(default)]
+    time_zone: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    blocks_manual: Option<String>,
+    #[serde(default)]
+    blocks_automation: Option<String>,
     #[serde(default)]
     allows_rollback: Option<String>,
 }
@@ -828,7 +871,8 @@ fn parse_local(text: &str, field: &str) -> Result<DateTime<Utc>, PageError> {
         })
 }
 
-/// Creates a one-off freeze window (deploy scope: freezing only ever makes things safer).
+/// Creates a freeze window, one-off or weekly (deploy scope: freezing only ever makes things
+/// safer), or with `action=preview` shows what it would block and keeps the form as filled.
 pub(super) async fn create_freeze(
     session: Session,
     State(state): State<AppState>,
@@ -840,9 +884,12 @@ pub(super) async fn create_freeze(
         .caller
         .require(Scope::Deploy, Target::WholeApp(&name))?;
     let app = apps::get(&state.pool, &name).await?;
-    let environment_id = match form.environment.trim() {
+    let environment = match form.environment.trim() {
         "" => None,
-        environment => Some(apps::environment(&state.pool, &name, environment).await?.id),
+        environment => {
+            let found = apps::environment(&state.pool, &name, environment).await?;
+            Some((found.id, found.name))
+        }
     };
     let title = form.name.trim();
     if title.is_empty() || title.len() > 100 {
@@ -850,20 +897,40 @@ pub(super) async fn create_freeze(
             "Give the freeze window a name of 1 to 100 characters.",
         ));
     }
-    views::create_freeze(
-        &state.pool,
-        &views::NewFreeze {
-            app_id: app.id,
-            environment_id,
-            name: title,
+    let times = if form.kind == "weekly" {
+        let spans: Vec<Value> = form
+            .weekly
+            .split(',')
+            .map(str::trim)
+            .filter(|span| !span.is_empty())
+            .map(|span| Value::String(span.to_owned()))
+            .collect();
+        FreezeTimes::Weekly {
+            weekly: Value::Array(spans),
+            time_zone: form.time_zone.trim().to_owned(),
+        }
+    } else {
+        FreezeTimes::OneOff {
             starts_at: parse_local(&form.starts_at, "Starts")?,
             ends_at: parse_local(&form.ends_at, "Ends")?,
-            reason: Some(form.reason.trim()).filter(|r| !r.is_empty()),
-            allows_rollback: form.allows_rollback.is_some(),
-        },
-        &session.caller.actor,
-    )
-    .await?;
+        }
+    };
+    let new = freezes::NewFreeze {
+        app_id: app.id,
+        environment,
+        name: title,
+        times,
+        reason: Some(form.reason.trim()).filter(|r| !r.is_empty()),
+        blocks_manual: form.blocks_manual.is_some(),
+        blocks_automation: form.blocks_automation.is_some(),
+        allows_rollback: form.allows_rollback.is_some(),
+    };
+    if form.action == "preview" {
+        let preview = freezes::preview(&state.pool, &new).await?;
+        let page = freezes_page(&state, &session, &name, form.clone(), Some(preview)).await?;
+        return Ok(page.into_response());
+    }
+    freezes::create(&state.pool, &new, &session.caller.actor).await?;
     Ok(done(&format!("/apps/{name}/freezes")))
 }
 
@@ -880,7 +947,7 @@ pub(super) async fn delete_freeze(
         .require(Scope::Approve, Target::WholeApp(&name))?;
     let id = parse_uuid(&id, "freeze window")?;
     let app = apps::get(&state.pool, &name).await?;
-    views::delete_freeze(&state.pool, app.id, id, &session.caller.actor).await?;
+    freezes::delete(&state.pool, app.id, id, &session.caller.actor).await?;
     Ok(done(&format!("/apps/{name}/freezes")))
 }
 

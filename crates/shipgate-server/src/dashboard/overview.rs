@@ -68,7 +68,7 @@ pub(super) async fn environment_cards(
     let ids: Vec<Uuid> = environments.iter().map(|e| e.id).collect();
     let current = views::current_releases(pool, &ids).await?;
     let in_flight = views::in_flight(pool, &ids).await?;
-    let freezes = views::freeze_windows(pool, app.id).await?;
+    let freezes = shipgate_store::freezes::list(pool, app.id).await?;
     let now = Utc::now();
     let mut cards = Vec::new();
     for environment in &environments {
