@@ -293,6 +293,19 @@ async fn an_approval_gate_waits_for_a_person_and_pause_resume_and_cancel_work() 
     .await
     .unwrap();
     assert_eq!(waiting["state"], "in_progress");
+    // The gate asked for people once, in the audit log (and so on the channels).
+    let (_, events) = server
+        .get(&format!("/api/v1/events?rollout={id}"))
+        .await
+        .unwrap();
+    let asked: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["action"] == "phase.approval_requested")
+        .collect();
+    assert_eq!(asked.len(), 1, "{events}");
+    assert_eq!(asked[0]["details"]["required"], 1, "{events}");
 
     let (code, body) = server
         .post(&format!("/api/v1/rollouts/{id}/reject"), &json!({}))

@@ -592,3 +592,61 @@ async fn rolling_back_a_forward_only_release_asks_for_confirmation_and_records_i
     );
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_migration_job_with_a_down_step_is_undone_first_when_its_release_is_rolled_back() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let config = r#"
+app: shop
+components: [web]
+environments:
+  - name: staging
+    targets:
+      web: { provider: simulated, latency: 50ms, unhealthy: "*-sick" }
+    plan:
+      - name: migrate
+        job: { component: web, command: "bin/migrate up", down: "bin/migrate down" }
+      - name: web
+        deploy: [web]
+        gates:
+          - health: { interval: 200ms, timeout: 1s, failures: 2 }
+        on_failure: rollback
+"#;
+    let (status, body) = server.apply("shop", config).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    ship(&server, "staging", "1.0.0").await;
+    release(&server, "1.1.0-sick").await;
+    let (status, body) = roll_out(&server, "staging", "1.1.0-sick").await;
+    assert_eq!(status, 201, "{body}");
+    let sick = server
+        .wait_finished(body["id"].as_str().unwrap(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(sick["state"], "rolled_back", "{sick}");
+    let rollback = server
+        .wait_finished(sick["rolled_back_by"].as_str().unwrap(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(rollback["state"], "succeeded", "{rollback}");
+    let steps: Vec<(String, String)> = rollback["phases"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            (
+                step["kind"].as_str().unwrap().to_owned(),
+                step["description"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("job".to_owned(), "run `bin/migrate down` on web".to_owned()),
+            ("rollback".to_owned(), "roll back web".to_owned()),
+        ],
+        "the down migration runs before the old code returns: {rollback}"
+    );
+    db.drop_database().await.unwrap();
+}

@@ -192,6 +192,9 @@ impl ConfigValue {
 struct JobDocument {
     component: String,
     command: String,
+    /// Undoes `command` (a down migration); run first when the rollout is rolled back.
+    #[serde(default)]
+    down: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1443,9 +1446,20 @@ fn build_phase(
         if job.command.trim().is_empty() {
             error(format!("{at}.job.command"), "the command is empty".into());
         }
+        if job
+            .down
+            .as_deref()
+            .is_some_and(|down| down.trim().is_empty())
+        {
+            error(
+                format!("{at}.job.down"),
+                "the down command is empty; leave it out if the job cannot be undone".into(),
+            );
+        }
         steps.push(StepSpec::Job {
             component: job.component.clone(),
             command: job.command.clone(),
+            down: job.down.clone(),
         });
     }
     let mut deployed = BTreeSet::new();

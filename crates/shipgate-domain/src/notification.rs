@@ -139,15 +139,15 @@ impl NotificationEvent {
     /// The notification an audit event `action` with `details` stands for, if any. A rollout
     /// that needs no approval starts when it is created (or, if it queued, activated) in
     /// `in_progress`; one that does asks for approval then, and starts when approved
-    /// (`rollout.started`). A person pausing a rollout records `rollout.pause`.
+    /// (`rollout.started`); a phase with an approval gate asks when it starts verifying. A
+    /// person pausing a rollout records `rollout.pause`.
     pub fn from_action(action: &str, details: &serde_json::Value) -> Option<Self> {
         let state = details.get("state").and_then(serde_json::Value::as_str);
         match (action, state) {
             ("rollout.created" | "rollout.activated", Some("in_progress"))
             | ("rollout.started", _) => Some(NotificationEvent::RolloutStarted),
-            ("rollout.created" | "rollout.activated", Some("pending_approval")) => {
-                Some(NotificationEvent::ApprovalRequested)
-            }
+            ("rollout.created" | "rollout.activated", Some("pending_approval"))
+            | ("phase.approval_requested", _) => Some(NotificationEvent::ApprovalRequested),
             ("rollout.paused" | "rollout.pause", _) => Some(NotificationEvent::RolloutPaused),
             ("rollout.succeeded", _) => Some(NotificationEvent::RolloutSucceeded),
             ("rollout.failed", _) => Some(NotificationEvent::RolloutFailed),
@@ -243,6 +243,10 @@ mod tests {
         assert_eq!(
             NotificationEvent::from_action("phase.started", &json!({})),
             None
+        );
+        assert_eq!(
+            NotificationEvent::from_action("phase.approval_requested", &json!({ "required": 2 })),
+            Some(NotificationEvent::ApprovalRequested)
         );
     }
 

@@ -74,6 +74,9 @@ pub enum StepSpec {
         component: String,
         /// Command to run.
         command: String,
+        /// The command that undoes it, run first when the rollout is rolled back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        down: Option<String>,
     },
     /// Wait a fixed time.
     Wait {
@@ -119,7 +122,9 @@ impl StepSpec {
                 let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
                 format!("set {} on {component}", keys.join(", "))
             }
-            StepSpec::Job { component, command } => format!("run `{command}` on {component}"),
+            StepSpec::Job {
+                component, command, ..
+            } => format!("run `{command}` on {component}"),
             StepSpec::Wait { duration } => format!("wait {duration}"),
         }
     }
@@ -378,6 +383,9 @@ pub struct RollbackScope {
     pub components: Vec<String>,
     /// Config vars to restore: component → key → previous value (`None` unsets).
     pub config: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// Down jobs of the undone rollout's jobs that ran, last first: (component, command). They
+    /// run before anything is restored, on the release that knows how to undo them.
+    pub jobs: Vec<(String, String)>,
 }
 
 /// The plan of a rollback rollout: fast-tracked (no canary traffic steps, no approvals, no
@@ -385,12 +393,17 @@ pub struct RollbackScope {
 /// rolled-back plan declared for those components.
 pub fn rollback_plan(source: &Plan, scope: &RollbackScope) -> Plan {
     let mut steps: Vec<StepSpec> = scope
-        .components
+        .jobs
         .iter()
-        .map(|component| StepSpec::Rollback {
+        .map(|(component, command)| StepSpec::Job {
             component: component.clone(),
+            command: command.clone(),
+            down: None,
         })
         .collect();
+    steps.extend(scope.components.iter().map(|component| StepSpec::Rollback {
+        component: component.clone(),
+    }));
     for (component, vars) in &scope.config {
         steps.push(StepSpec::Config {
             component: component.clone(),
@@ -483,13 +496,22 @@ mod tests {
             &RollbackScope {
                 components: vec!["api".into(), "web".into()],
                 config: BTreeMap::new(),
+                jobs: vec![("api".into(), "rails db:rollback".into())],
             },
         );
         assert_eq!(plan.phases.len(), 1);
         let phase = &plan.phases[0];
         assert_eq!(phase.on_failure, OnFailure::Fail);
-        assert!(phase
-            .steps
+        assert_eq!(
+            phase.steps[0],
+            StepSpec::Job {
+                component: "api".into(),
+                command: "rails db:rollback".into(),
+                down: None,
+            },
+            "the down job runs before anything is restored"
+        );
+        assert!(phase.steps[1..]
             .iter()
             .all(|step| matches!(step, StepSpec::Rollback { .. })));
         assert_eq!(phase.gates, vec![health(&["api"])]);

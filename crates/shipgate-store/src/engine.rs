@@ -17,7 +17,7 @@ use shipgate_domain::config::TargetSpec;
 use shipgate_domain::decide::{
     ApprovalView, CheckView, GateView, PhaseView, RolloutView, StepView,
 };
-use shipgate_domain::plan::{Plan, Reading};
+use shipgate_domain::plan::{GateSpec, Plan, Reading};
 use shipgate_domain::state::{PhaseState, RolloutKind, RolloutState, StepState, Verdict};
 
 use crate::events::{self, Actor, Scope};
@@ -854,6 +854,28 @@ impl<'a> Fenced<'a> {
         self.set_phase(index, PhaseState::Verifying, None).await?;
         self.event("phase.verifying", json!({ "index": index }))
             .await?;
+        // A phase's approval gate asks for people now (announced as `approval.requested`).
+        let phase = &self.loaded.plan.phases[index];
+        let required = phase.gates.iter().find_map(|gate| match gate {
+            GateSpec::Approval { required, .. } => Some(*required),
+            _ => None,
+        });
+        if let Some(required) = required {
+            let name = phase.name.clone();
+            let people = if required == 1 {
+                "approval"
+            } else {
+                "approvals"
+            };
+            self.event(
+                "phase.approval_requested",
+                json!({
+                    "phase": name, "index": index, "required": required,
+                    "reason": format!("phase {name} waits for {required} {people}"),
+                }),
+            )
+            .await?;
+        }
         self.commit().await
     }
 

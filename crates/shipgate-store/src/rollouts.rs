@@ -688,7 +688,49 @@ async fn rollback_scope(
             }
         }
     }
-    Ok(RollbackScope { components, config })
+    let jobs = match undone {
+        Some(undone) => down_jobs(tx, undone).await?,
+        None => Vec::new(),
+    };
+    Ok(RollbackScope {
+        components,
+        config,
+        jobs,
+    })
+}
+
+/// The down commands of the jobs an undone rollout ran (succeeded), last first.
+async fn down_jobs(
+    tx: &mut PgConnection,
+    undone: Uuid,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let plan: Value = sqlx::query_scalar("select plan from rollouts where id = $1")
+        .bind(undone)
+        .fetch_one(&mut *tx)
+        .await?;
+    let plan: Plan = serde_json::from_value(plan)
+        .map_err(|error| StoreError::Corrupt(format!("stored plan: {error}")))?;
+    let ran: Vec<(i32, i32)> = sqlx::query_as(
+        "select p.position, s.step_index from step_runs s join phases p on p.id = s.phase_id
+          where s.rollout_id = $1 and s.kind = 'job' and s.state = 'succeeded'
+          order by s.created_at desc",
+    )
+    .bind(undone)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(ran
+        .into_iter()
+        .filter_map(|(phase, step)| {
+            match plan.phases.get(phase as usize)?.steps.get(step as usize)? {
+                StepSpec::Job {
+                    component,
+                    down: Some(down),
+                    ..
+                } => Some((component.clone(), down.clone())),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// A person's action on a rollout.
