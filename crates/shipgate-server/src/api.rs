@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -30,6 +30,7 @@ use shipgate_store::rollouts::{
 };
 
 use crate::auth::{Caller, Scope, Target};
+use crate::cache::Cached;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_json, ApiJson};
 use crate::AppState;
@@ -971,16 +972,41 @@ async fn get_rollout(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<Wait>,
-) -> Result<Json<RolloutDetail>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    if query.wait.is_none() {
+        // A rollout that did not change since it was last read comes from memory (see
+        // `crate::cache` for what keeps it exact).
+        if let Some(hit) = state.rollouts.get(id) {
+            caller.require(Scope::Read, Target::Environment(&hit.app, &hit.environment))?;
+            return Ok(json_body(hit.body));
+        }
+        let ticket = state.rollouts.ticket(id);
+        let detail = rollouts::detail(&state.pool, id).await?;
+        caller.require(
+            Scope::Read,
+            Target::Environment(&detail.app, &detail.environment),
+        )?;
+        let body = Bytes::from(
+            serde_json::to_vec(&detail)
+                .map_err(|error| ApiError::Internal(format!("rollout as JSON: {error}")))?,
+        );
+        state.rollouts.put(
+            id,
+            ticket,
+            Cached {
+                body: body.clone(),
+                app: detail.app,
+                environment: detail.environment,
+            },
+        );
+        return Ok(json_body(body));
+    }
     let detail = rollouts::detail(&state.pool, id).await?;
     caller.require(
         Scope::Read,
         Target::Environment(&detail.app, &detail.environment),
     )?;
-    if query.wait.is_none() {
-        return Ok(Json(detail));
-    }
     if let Some(wait) = &query.wait {
         let wait: Span =
             wait.parse()
@@ -1009,7 +1035,19 @@ async fn get_rollout(
             }
         }
     }
-    Ok(Json(rollouts::detail(&state.pool, id).await?))
+    Ok(Json(rollouts::detail(&state.pool, id).await?).into_response())
+}
+
+/// A JSON body already serialized.
+fn json_body(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Streams a rollout as server-sent events: `rollout` (the whole rollout, as `GET` answers it)

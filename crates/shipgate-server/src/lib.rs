@@ -4,6 +4,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
@@ -44,6 +45,8 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Whether `/metrics` answers without a token.
     pub metrics_public: bool,
+    /// Whether rollouts are served from [`cache::RolloutCache`].
+    pub rollout_cache: bool,
 }
 
 /// The JWT keys of the API and of dashboard sessions.
@@ -74,6 +77,8 @@ pub struct AppState {
     pub updates: broadcast::Sender<Uuid>,
     /// Prometheus rendering of the process's metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Rollouts as the API answers them, while nothing changed.
+    pub rollouts: Arc<cache::RolloutCache>,
 }
 
 impl AppState {
@@ -95,33 +100,61 @@ impl AppState {
             secrets,
             admin_token: admin_token.filter(|t| !t.is_empty()).map(Arc::from),
             limiters: Arc::new(limits::Limiters::new(settings.rate_limits)),
+            rollouts: Arc::new(cache::RolloutCache::new(settings.rollout_cache)),
             settings: Arc::new(settings),
             updates,
             metrics,
         }
     }
 
-    /// Forwards rollout change notifications from Postgres to `updates`, reconnecting as needed.
+    /// Forwards rollout change notifications from Postgres to `updates` and to the rollout
+    /// cache, reconnecting as needed. The cache serves only while connected: notifications
+    /// sent while the connection was down are lost.
     pub async fn forward_updates(self) {
         loop {
             let listener = async {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
                 listener.listen(UPDATES_CHANNEL).await?;
-                loop {
-                    let notification = listener.recv().await?;
+                self.rollouts.set_live(true);
+                // `try_recv` says when the connection dropped (`None`), where `recv` would
+                // reconnect silently past lost notifications.
+                while let Some(notification) = listener.try_recv().await? {
                     if let Ok(id) = notification.payload().parse::<Uuid>() {
+                        self.rollouts.invalidate(id);
                         let _ = self.updates.send(id);
                     }
                 }
-                #[expect(unreachable_code, reason = "the loop only ends through `?`")]
                 Ok::<(), sqlx::Error>(())
             };
-            if let Err(error) = listener.await {
-                tracing::warn!(%error, "lost the live-update connection; reconnecting");
+            let outcome = listener.await;
+            self.rollouts.set_live(false);
+            match outcome {
+                Err(error) => {
+                    tracing::warn!(%error, "lost the live-update connection; reconnecting")
+                }
+                Ok(()) => tracing::warn!("the live-update connection closed; reconnecting"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Empties the rollout cache once a write request (any method but GET, HEAD, OPTIONS) was
+/// answered, so the writer reads its own write at once.
+async fn writes_clear_the_cache(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let reads = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let response = next.run(request).await;
+    if !reads {
+        state.rollouts.clear();
+    }
+    response
 }
 
 /// Answers every error under `/api/` and `/hooks/` as problem+json, including the framework's own.
@@ -201,6 +234,10 @@ pub fn app(state: AppState) -> Router {
         .merge(hooks::router())
         .merge(dashboard::router())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            writes_clear_the_cache,
+        ))
         .layer(axum::middleware::from_fn(api_problems))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -89,6 +89,11 @@ pub struct ServerConfig {
     #[arg(long, env = "SHIPGATE_METRICS_PUBLIC", default_value_t = false)]
     pub metrics_public: bool,
 
+    /// Serve `GET /api/v1/rollouts/{id}` from memory while nothing changed (kept exact by the
+    /// NOTIFY of every change; `false` reads the database every time).
+    #[arg(long, env = "SHIPGATE_ROLLOUT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollout_cache: bool,
+
     /// The dashboard's public base URL (`https://shipgate.example.com`), for links to rollout
     /// pages in notifications; without it, notifications carry no link.
     #[arg(long, env = "SHIPGATE_PUBLIC_URL")]
@@ -111,6 +116,7 @@ impl ServerConfig {
                 .filter(|origin| !origin.is_empty())
                 .collect(),
             metrics_public: self.metrics_public,
+            rollout_cache: self.rollout_cache,
         }
     }
 }
