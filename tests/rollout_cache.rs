@@ -72,7 +72,11 @@ async fn a_cached_rollout_changes_at_once_for_writers_and_within_a_notify_for_ot
 
     // Both replicas have read (and cached) the waiting rollout.
     let before = rollout(&two, &id).await;
-    assert_eq!(before, rollout(&two, &id).await, "nothing changed, same answer");
+    assert_eq!(
+        before,
+        rollout(&two, &id).await,
+        "nothing changed, same answer"
+    );
     assert_eq!(rollout(&one, &id).await["state"], "in_progress");
 
     // A pause through replica one: its own next read shows it at once.
@@ -81,15 +85,25 @@ async fn a_cached_rollout_changes_at_once_for_writers_and_within_a_notify_for_ot
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(rollout(&one, &id).await["state"], "paused", "read your write");
+    assert_eq!(
+        rollout(&one, &id).await["state"],
+        "paused",
+        "read your write"
+    );
     // Replica two hears it through NOTIFY: well within a second, not the cache's 10 s bound.
     let asked = Instant::now();
-    eventually(Duration::from_secs(5), "replica two sees the pause", || async {
-        Ok((rollout(&two, &id).await["state"] == "paused").then_some(()))
-    })
+    eventually(
+        Duration::from_secs(5),
+        "replica two sees the pause",
+        || async { Ok((rollout(&two, &id).await["state"] == "paused").then_some(())) },
+    )
     .await
     .unwrap();
-    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
 
     // A change written straight to the database, as another tool would, with its NOTIFY.
     sqlx::query(

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -23,7 +24,7 @@ use shipgate_domain::state::{PhaseState, RolloutKind, RolloutState, StepState, V
 use crate::events::{self, Actor, Scope};
 use crate::line;
 use crate::policy::{self, Hold};
-use crate::releases::{self, Release};
+use crate::releases::Release;
 use crate::rollouts::{self, finish_phases, notify, wake_queue};
 use crate::StoreError;
 
@@ -174,13 +175,90 @@ pub struct Loaded {
     pub view: RolloutView,
 }
 
-/// Loads a rollout for a decision.
+/// A phase as [`load`] reads it.
+#[derive(Deserialize)]
+struct PhaseRecord {
+    id: Uuid,
+    state: String,
+    verifying_at: Option<DateTime<Utc>>,
+    retry_requested_at: Option<DateTime<Utc>>,
+}
+
+/// The latest attempt of a step as [`load`] reads it.
+#[derive(Deserialize)]
+struct StepRecord {
+    id: Uuid,
+    phase_id: Uuid,
+    step_index: i32,
+    attempt: i32,
+    state: String,
+    natural_key: String,
+    provider_ref: Option<String>,
+    request: Value,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    submitted_at: Option<DateTime<Utc>>,
+    last_polled_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// A gate check of the current phase as [`load`] reads it.
+#[derive(Deserialize)]
+struct CheckRecord {
+    gate_index: i32,
+    verdict: String,
+    checked_at: DateTime<Utc>,
+    detail: Value,
+}
+
+/// A person's decision as [`load`] reads it.
+#[derive(Deserialize)]
+struct ApprovalRecord {
+    phase_id: Option<Uuid>,
+    gate_index: Option<i32>,
+    decision: String,
+    comment: Option<String>,
+    actor: String,
+}
+
+/// Loads a rollout for a decision, in one statement: the rollout, its release, phases, the
+/// latest attempt of each step, the current phase's checks (the last 2,000 per gate) and the
+/// approvals, the lists as JSON (the engine loads a rollout before every action, so each
+/// round trip saved counts per transition).
 pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     let row = sqlx::query(
         "select r.id, r.app_id, a.name as app, r.environment_id, e.name as environment, r.version,
-                r.release_id, r.previous_release_id, r.kind::text as kind, r.state::text as state,
+                r.previous_release_id, r.kind::text as kind, r.state::text as state,
                 r.plan, r.targets, r.rollback_of, r.created_at, r.created_by, e.policy,
-                coalesce(r.activated_at, r.created_at) as activated_at
+                coalesce(r.activated_at, r.created_at) as activated_at,
+                (select to_jsonb(rel) from (
+                    select id, version, git_sha, git_ref, artifacts, config, notes, forward_only,
+                           created_by, source, committed_at, quarantined_at, quarantine_reason,
+                           created_at
+                      from releases where id = r.release_id) rel) as release,
+                coalesce((select jsonb_agg(jsonb_build_object(
+                              'id', p.id, 'state', p.state, 'verifying_at', p.verifying_at,
+                              'retry_requested_at', p.retry_requested_at) order by p.position)
+                            from phases p where p.rollout_id = r.id), '[]') as phases,
+                coalesce((select jsonb_agg(to_jsonb(s)) from (
+                    select distinct on (phase_id, step_index)
+                           id, phase_id, step_index, attempt, state, natural_key, provider_ref,
+                           request, error, created_at, submitted_at, last_polled_at, finished_at
+                      from step_runs where rollout_id = r.id
+                     order by phase_id, step_index, attempt desc) s), '[]') as steps,
+                coalesce((select jsonb_agg(to_jsonb(c) order by c.id) from (
+                    select gate_index, verdict, checked_at, detail, id,
+                           row_number() over (partition by gate_index order by id desc) as n
+                      from gate_checks
+                     where phase_id = (select p.id from phases p
+                                        where p.rollout_id = r.id
+                                          and p.state not in ('succeeded', 'skipped')
+                                        order by p.position limit 1)) c
+                   where c.n <= 2000), '[]') as checks,
+                coalesce((select jsonb_agg(jsonb_build_object(
+                              'phase_id', ap.phase_id, 'gate_index', ap.gate_index,
+                              'decision', ap.decision, 'comment', ap.comment, 'actor', ap.actor))
+                            from approvals ap where ap.rollout_id = r.id), '[]') as approvals
            from rollouts r join apps a on a.id = r.app_id join environments e on e.id = r.environment_id
           where r.id = $1",
     )
@@ -198,146 +276,99 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
         .get::<String, _>("kind")
         .parse()
         .map_err(StoreError::Corrupt)?;
-    let release = releases::by_id(pool, row.get("release_id")).await?;
+    let release: Release = serde_json::from_value(row.get("release"))?;
     let created_at: DateTime<Utc> = row.get("created_at");
-
-    let phase_rows = sqlx::query(
-        "select id, state::text as state, verifying_at, retry_requested_at
-           from phases where rollout_id = $1 order by position",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let step_rows = sqlx::query(
-        "select distinct on (phase_id, step_index)
-                id, phase_id, step_index, attempt, state::text as state, natural_key, provider_ref,
-                request, error, created_at, submitted_at, last_polled_at, finished_at
-           from step_runs where rollout_id = $1
-          order by phase_id, step_index, attempt desc",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let current = phase_rows.iter().position(|p| {
-        !matches!(
-            p.get::<String, _>("state").as_str(),
-            "succeeded" | "skipped"
-        )
-    });
-    let current_phase_id: Option<Uuid> = current.map(|i| phase_rows[i].get("id"));
-    let check_rows = match current_phase_id {
-        Some(phase_id) => {
-            sqlx::query(
-                "select gate_index, verdict, checked_at, detail from (
-                    select gate_index, verdict, checked_at, detail, id,
-                           row_number() over (partition by gate_index order by id desc) as n
-                      from gate_checks where phase_id = $1) recent
-                  where n <= 2000 order by id",
-            )
-            .bind(phase_id)
-            .fetch_all(pool)
-            .await?
-        }
-        None => Vec::new(),
-    };
-    let approval_rows = sqlx::query(
-        "select phase_id, gate_index, decision, comment, actor from approvals where rollout_id = $1",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+    let phase_rows: Vec<PhaseRecord> = serde_json::from_value(row.get("phases"))?;
+    let step_rows: Vec<StepRecord> = serde_json::from_value(row.get("steps"))?;
+    let check_rows: Vec<CheckRecord> = serde_json::from_value(row.get("checks"))?;
+    let approval_rows: Vec<ApprovalRecord> = serde_json::from_value(row.get("approvals"))?;
+    let current_phase_id = phase_rows
+        .iter()
+        .find(|p| !matches!(p.state.as_str(), "succeeded" | "skipped"))
+        .map(|p| p.id);
 
     let mut phase_ids = Vec::new();
     let mut phases = Vec::new();
     let mut steps = BTreeMap::new();
     for (index, phase_row) in phase_rows.iter().enumerate() {
-        let phase_id: Uuid = phase_row.get("id");
+        let phase_id = phase_row.id;
         phase_ids.push(phase_id);
         let spec = plan
             .phases
             .get(index)
             .ok_or_else(|| StoreError::Corrupt("phase rows do not match the plan".into()))?;
         let mut step_views = vec![None; spec.steps.len()];
-        for step_row in step_rows
-            .iter()
-            .filter(|s| s.get::<Uuid, _>("phase_id") == phase_id)
-        {
-            let step_index = step_row.get::<i32, _>("step_index") as usize;
+        for step_row in step_rows.iter().filter(|s| s.phase_id == phase_id) {
+            let step_index = step_row.step_index as usize;
             if step_index >= step_views.len() {
                 continue;
             }
             step_views[step_index] = Some(StepView {
-                attempt: step_row.get::<i32, _>("attempt") as u32,
-                state: step_row
-                    .get::<String, _>("state")
-                    .parse()
-                    .map_err(StoreError::Corrupt)?,
-                created_at: step_row.get("created_at"),
-                submitted_at: step_row.get("submitted_at"),
-                last_polled_at: step_row.get("last_polled_at"),
-                finished_at: step_row.get("finished_at"),
-                error: step_row.get("error"),
+                attempt: step_row.attempt as u32,
+                state: step_row.state.parse().map_err(StoreError::Corrupt)?,
+                created_at: step_row.created_at,
+                submitted_at: step_row.submitted_at,
+                last_polled_at: step_row.last_polled_at,
+                finished_at: step_row.finished_at,
+                error: step_row.error.clone(),
             });
             steps.insert(
                 (index, step_index),
                 StepRow {
-                    id: step_row.get("id"),
-                    attempt: step_row.get("attempt"),
-                    natural_key: step_row.get("natural_key"),
-                    provider_ref: step_row.get("provider_ref"),
-                    request: step_row.get("request"),
+                    id: step_row.id,
+                    attempt: step_row.attempt,
+                    natural_key: step_row.natural_key.clone(),
+                    provider_ref: step_row.provider_ref.clone(),
+                    request: step_row.request.clone(),
                 },
             );
         }
         let mut gates = vec![GateView::default(); spec.gates.len()];
         if Some(phase_id) == current_phase_id {
             for check in &check_rows {
-                let gate_index = check.get::<i32, _>("gate_index") as usize;
-                let Some(gate) = gates.get_mut(gate_index) else {
+                let Some(gate) = gates.get_mut(check.gate_index as usize) else {
                     continue;
                 };
-                let detail: Value = check.get("detail");
                 gate.checks.push(CheckView {
                     verdict: check
-                        .get::<String, _>("verdict")
+                        .verdict
                         .parse::<Verdict>()
                         .map_err(StoreError::Corrupt)?,
-                    at: check.get("checked_at"),
-                    overridden: detail.get("override").and_then(Value::as_bool) == Some(true),
-                    summary: detail
+                    at: check.checked_at,
+                    overridden: check.detail.get("override").and_then(Value::as_bool) == Some(true),
+                    summary: check
+                        .detail
                         .get("summary")
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_owned(),
-                    reading: Reading::parse(detail.get("reading").and_then(Value::as_str)),
+                    reading: Reading::parse(check.detail.get("reading").and_then(Value::as_str)),
                 });
             }
         }
         for approval in approval_rows
             .iter()
-            .filter(|a| a.get::<Option<Uuid>, _>("phase_id") == Some(phase_id))
+            .filter(|a| a.phase_id == Some(phase_id))
         {
-            let gate_index = approval.get::<Option<i32>, _>("gate_index").unwrap_or(0) as usize;
+            let gate_index = approval.gate_index.unwrap_or(0) as usize;
             let Some(gate) = gates.get_mut(gate_index) else {
                 continue;
             };
-            if approval.get::<String, _>("decision") == "approve" {
+            if approval.decision == "approve" {
                 gate.approvals += 1;
             } else {
                 gate.rejection = Some(
                     approval
-                        .get::<Option<String>, _>("comment")
+                        .comment
+                        .clone()
                         .unwrap_or_else(|| "no comment".into()),
                 );
             }
         }
         phases.push(PhaseView {
-            state: phase_row
-                .get::<String, _>("state")
-                .parse()
-                .map_err(StoreError::Corrupt)?,
-            verifying_at: phase_row.get("verifying_at"),
-            retry_requested_at: phase_row.get("retry_requested_at"),
+            state: phase_row.state.parse().map_err(StoreError::Corrupt)?,
+            verifying_at: phase_row.verifying_at,
+            retry_requested_at: phase_row.retry_requested_at,
             steps: step_views,
             gates,
         });
@@ -346,25 +377,22 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     let policy: shipgate_domain::config::Policy = serde_json::from_value(row.get("policy"))?;
     let approval = match (&policy.approvals, kind) {
         (Some(approvals), kind) if kind != RolloutKind::Rollback => {
-            let rollout_level: Vec<&sqlx::postgres::PgRow> = approval_rows
+            let rollout_level: Vec<&ApprovalRecord> = approval_rows
                 .iter()
-                .filter(|a| a.get::<Option<Uuid>, _>("phase_id").is_none())
+                .filter(|a| a.phase_id.is_none())
                 .collect();
             Some(ApprovalView {
                 required: approvals.required,
                 approvals: rollout_level
                     .iter()
-                    .filter(|a| a.get::<String, _>("decision") == "approve")
-                    .map(|a| a.get::<String, _>("actor"))
+                    .filter(|a| a.decision == "approve")
+                    .map(|a| a.actor.as_str())
                     .collect::<std::collections::HashSet<_>>()
                     .len() as u32,
                 rejection: rollout_level
                     .iter()
-                    .find(|a| a.get::<String, _>("decision") == "reject")
-                    .map(|a| {
-                        a.get::<Option<String>, _>("comment")
-                            .unwrap_or_else(|| "no comment".into())
-                    }),
+                    .find(|a| a.decision == "reject")
+                    .map(|a| a.comment.clone().unwrap_or_else(|| "no comment".into())),
                 expires_at: row.get::<DateTime<Utc>, _>("activated_at")
                     + approvals.timeout.to_chrono(),
             })

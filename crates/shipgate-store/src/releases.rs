@@ -41,7 +41,7 @@ pub struct NewRelease {
 }
 
 /// A stored release.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Release {
     /// Id.
     pub id: Uuid,
