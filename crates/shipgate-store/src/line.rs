@@ -89,7 +89,7 @@ pub async fn stop(
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "select id from rollouts
           where ($1::uuid is null or app_id = $1) and state = 'in_progress' and kind <> 'rollback'
-          order by id for update",
+          order by id for no key update",
     )
     .bind(app_id)
     .fetch_all(&mut *tx)

@@ -65,12 +65,15 @@ pub async fn current_release_id(
     .await?)
 }
 
-/// Serializes changes to an environment's rollouts until the transaction ends.
+/// Serializes changes to an environment's rollouts until the transaction ends. `for no key
+/// update`: it excludes other lockers of the environment but not the key-share locks that
+/// inserts referencing it take (a live component recorded by the engine); `for update` queued
+/// those behind a waiting push and deadlocked pushes against the engine under load.
 pub(crate) async fn lock_environment(
     tx: &mut PgConnection,
     environment_id: Uuid,
 ) -> Result<(), StoreError> {
-    sqlx::query("select id from environments where id = $1 for update")
+    sqlx::query("select id from environments where id = $1 for no key update")
         .bind(environment_id)
         .execute(&mut *tx)
         .await?;
@@ -325,7 +328,7 @@ pub async fn rollback_in(
             let active: Vec<(Uuid, String, String)> = sqlx::query_as(
                 "select id, state::text, kind::text from rollouts
                   where environment_id = $1 and state in ('pending_approval', 'in_progress', 'paused')
-                  for update",
+                  for no key update",
             )
             .bind(environment.id)
             .fetch_all(&mut *tx)
@@ -773,7 +776,7 @@ struct Locked {
 async fn lock_rollout(tx: &mut PgConnection, id: Uuid) -> Result<Locked, StoreError> {
     let row = sqlx::query(
         "select state::text as state, kind::text as kind, app_id, environment_id, created_by
-           from rollouts where id = $1 for update",
+           from rollouts where id = $1 for no key update",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
