@@ -376,6 +376,22 @@ async fn an_overridden_freeze_does_not_hold_its_rollout_and_deleting_a_window_re
         delete(created["id"].as_str().unwrap().to_owned()).await,
         404
     );
+    // Whether or not the scheduler saw the deleted window begin, its end matches: announced
+    // once if its beginning was.
+    let (_, events) = server
+        .get("/api/v1/events?app=shop&limit=200")
+        .await
+        .unwrap();
+    let edges = |action: &str| {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action && e["details"]["window"] == "incident")
+            .count()
+    };
+    assert_eq!(edges("freeze.began"), edges("freeze.ended"), "{events}");
+    assert!(edges("freeze.ended") <= 1, "{events}");
 
     drop(server);
     db.drop_database().await.unwrap();

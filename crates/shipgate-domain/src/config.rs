@@ -348,8 +348,10 @@ fn template_queries(
         MetricTemplate::ErrorRate => {
             let errors = metric.errors.as_deref().unwrap_or(r#"code=~"5..""#);
             (
+                // No failed request yet means no error series at all: count that as 0 rather
+                // than no data (a healthy fresh deploy); no requests at all stays no data.
                 format!(
-                    "sum(rate({}[{window}])) / sum(rate({}[{window}]))",
+                    "(sum(rate({}[{window}])) or vector(0)) / sum(rate({}[{window}]))",
                     series(name, errors),
                     series(name, "")
                 ),
@@ -1337,6 +1339,15 @@ fn prometheus_gate(
                     );
                 }
             }
+            if metric
+                .window
+                .is_some_and(|window| window.as_millis() < 1000)
+            {
+                error(
+                    format!("{at}.window"),
+                    "a rate window of at least 1s (Prometheus needs a few scrapes in it)".into(),
+                );
+            }
             let (query, samples) = template_queries(template, metric, selector);
             (
                 query,
@@ -1406,6 +1417,7 @@ fn prometheus_gate(
         hold: metric.hold,
         count: metric.count,
         failures: metric.failures.max(1),
+        failures_apart: true,
         consecutive_errors: metric.consecutive_errors.max(1),
         samples_query: samples_query.filter(|_| metric.min_samples.is_some()),
         min_samples: metric.min_samples,
@@ -1762,7 +1774,7 @@ environments:
         );
         assert_eq!(
             errors.query,
-            r#"sum(rate(http_requests_total{job="web",code=~"5.."}[120s])) / sum(rate(http_requests_total{job="web"}[120s]))"#
+            r#"(sum(rate(http_requests_total{job="web",code=~"5.."}[120s])) or vector(0)) / sum(rate(http_requests_total{job="web"}[120s]))"#
         );
         assert_eq!(
             errors.samples_query.as_deref(),

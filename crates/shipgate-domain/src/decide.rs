@@ -591,11 +591,22 @@ fn metric_status(
         .filter(|check| matches!(check.verdict, Verdict::Pass | Verdict::Fail))
         .copied()
         .collect();
-    let failures: Vec<&CheckView> = counted
-        .iter()
-        .filter(|check| check.verdict == Verdict::Fail)
-        .copied()
-        .collect();
+    let failures: Vec<&CheckView> = if metric.failures_apart {
+        counted
+            .iter()
+            .filter(|check| check.verdict == Verdict::Fail)
+            .copied()
+            .collect()
+    } else {
+        let mut run: Vec<&CheckView> = counted
+            .iter()
+            .rev()
+            .take_while(|check| check.verdict == Verdict::Fail)
+            .copied()
+            .collect();
+        run.reverse();
+        run
+    };
     if failures.len() as u32 >= metric.failures {
         let first = failures.first().map_or(now, |check| check.at);
         let last = failures.last().map_or("", |check| check.summary.as_str());

@@ -236,6 +236,10 @@ pub struct PrometheusGate {
     pub count: Option<u32>,
     /// Failed rounds (not necessarily in a row) that fail the gate.
     pub failures: u32,
+    /// Whether `failures` counts failed rounds apart (plans made since it does); plans stored
+    /// before count failures in a row, as they did when they were made.
+    #[serde(default)]
+    pub failures_apart: bool,
     /// Errors in a row (Prometheus unreachable, the query refused) that make it inconclusive.
     #[serde(default = "one")]
     pub consecutive_errors: u32,

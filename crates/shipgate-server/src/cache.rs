@@ -47,6 +47,8 @@ pub struct Cached {
 pub struct Ticket {
     stripe: usize,
     epoch: u64,
+    /// When the read began: an entry's age counts from here, not from when it was stored.
+    at: Instant,
 }
 
 struct Inner {
@@ -121,6 +123,7 @@ impl RolloutCache {
         Some(Ticket {
             stripe,
             epoch: self.lock().epochs[stripe],
+            at: Instant::now(),
         })
     }
 
@@ -140,7 +143,7 @@ impl RolloutCache {
                 inner.entries.clear();
             }
         }
-        inner.entries.insert(id, (cached, Instant::now()));
+        inner.entries.insert(id, (cached, ticket.at));
     }
 
     /// `id` changed.

@@ -642,11 +642,14 @@ impl<'a> Fenced<'a> {
         .bind(self.loaded.id)
         .fetch_one(&mut *self.tx)
         .await?;
-        let held = if windows > 0 && overridden.is_none() {
+        // Rollbacks are never held: a rollback the engine starts finishes a failing deploy, and
+        // one a person asked for passed the windows when it started (a single phase).
+        let rollback = self.loaded.view.kind == RolloutKind::Rollback;
+        let held = if windows > 0 && overridden.is_none() && !rollback {
             let start = policy::Start {
                 environment: &self.loaded.environment,
                 initiator: policy::Initiator::of_trigger(&trigger),
-                rollback: self.loaded.view.kind == RolloutKind::Rollback,
+                rollback,
             };
             let scope = (self.loaded.app_id, self.loaded.environment_id);
             policy::hold(&mut self.tx, scope, start, now).await?
@@ -756,8 +759,9 @@ impl<'a> Fenced<'a> {
             .bind(step_id)
             .execute(&mut *self.tx)
             .await?;
-        self.tx.commit().await?;
-        Ok(())
+        // The fence bumped the rollout's version: say so, as every change does (the API's
+        // rollout cache and long polls rely on it).
+        self.commit().await
     }
 
     /// The step settled. A succeeded deploy or rollback updates what runs in the environment.

@@ -364,14 +364,34 @@ pub async fn delete(
     actor: &Actor,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let name: Option<String> = sqlx::query_scalar(
-        "delete from freeze_windows where id = $1 and app_id = $2 returning name",
+    let deleted: Option<(String, bool, Option<Uuid>)> = sqlx::query_as(
+        "delete from freeze_windows where id = $1 and app_id = $2
+         returning name, announced_on, environment_id",
     )
     .bind(id)
     .bind(app_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let name = name.ok_or_else(|| StoreError::NotFound(format!("freeze window {id}")))?;
+    let (name, announced_on, environment_id) =
+        deleted.ok_or_else(|| StoreError::NotFound(format!("freeze window {id}")))?;
+    if announced_on {
+        // Its beginning was announced: so is its end, now.
+        events::record(
+            &mut *tx,
+            Scope {
+                app_id: Some(app_id),
+                environment_id,
+                rollout_id: None,
+            },
+            actor,
+            "freeze.ended",
+            json!({
+                "window": name, "id": id,
+                "reason": format!("freeze window “{name}” was deleted"),
+            }),
+        )
+        .await?;
+    }
     events::record(
         &mut *tx,
         Scope {

@@ -107,6 +107,7 @@ fn metric_gate(change: impl FnOnce(&mut PrometheusGate)) -> GateSpec {
         hold: Span::default(),
         count: None,
         failures: 1,
+        failures_apart: true,
         consecutive_errors: 1,
         samples_query: None,
         min_samples: None,
@@ -342,6 +343,27 @@ fn a_metric_gate_fails_at_its_failure_limit_counting_failures_apart() {
         ),
         "{:?}",
         decide(&two, at(121), Timing::default())
+    );
+}
+
+#[test]
+fn a_metric_gate_stored_before_failures_counted_apart_still_counts_them_in_a_row() {
+    let gate = metric_gate(|g| {
+        g.failures = 2;
+        g.failures_apart = false;
+        g.hold = Span::secs(300);
+    });
+    let apart = verifying(
+        gate,
+        vec![
+            check(Verdict::Fail, 0),
+            check(Verdict::Pass, 60),
+            check(Verdict::Fail, 120),
+        ],
+    );
+    assert_eq!(
+        decide(&apart, at(180), Timing::default()),
+        Decision::Check { phase: 0, gate: 0 }
     );
 }
 
