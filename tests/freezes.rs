@@ -13,10 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
-use shipgate_testkit::{csrf_of, eventually, Server, TestDb, ADMIN_TOKEN};
+use shipgate_testkit::{csrf_of, eventually, hmac_sha256, Server, TestDb, ADMIN_TOKEN};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
 const HOOK_SECRET: &str = "freeze-hook-secret";
@@ -262,19 +260,11 @@ async fn a_freeze_that_begins_mid_rollout_holds_it_before_its_next_phase_until_i
     let events: Vec<Value> = deliveries
         .iter()
         .map(|(headers, body)| {
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
-            mac.update(body);
-            let expected: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             let signature = headers
                 .get("x-shipgate-signature")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            assert_eq!(signature, format!("sha256={expected}"), "signed");
+            assert_eq!(signature, hmac_sha256(HOOK_SECRET, body), "signed");
             serde_json::from_slice(body).unwrap()
         })
         .collect();

@@ -184,6 +184,43 @@ impl Drop for Prometheus {
     }
 }
 
+/// The test app with its traffic, a Prometheus scraping it, and the real binary with the app
+/// `app` applied from `config(app, prometheus_url)`.
+struct Setup {
+    traffic: Arc<Traffic>,
+    prometheus: Prometheus,
+    db: TestDb,
+    server: Server,
+}
+
+impl Setup {
+    /// Starts everything once `ready` (a query the gates use) has a value: two scrapes with
+    /// traffic between them before a rate exists.
+    async fn start(app: &str, ready: &str, config: fn(&str, &str) -> String) -> Setup {
+        let traffic = Arc::new(Traffic::default());
+        let app_url = start_test_app(traffic.clone()).await;
+        let prometheus = Prometheus::start(app_url.trim_start_matches("http://")).await;
+        eventually(Duration::from_secs(30), "a scraped value", || async {
+            Ok(prometheus.value(ready).await)
+        })
+        .await
+        .unwrap();
+        let db = TestDb::new().await.unwrap();
+        let server = Server::start(BINARY, &db.url, &[]).unwrap();
+        let (status, body) = server
+            .apply(app, &config(app, &prometheus.url))
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        Setup {
+            traffic,
+            prometheus,
+            db,
+            server,
+        }
+    }
+}
+
 /// `production` gates on the error rate (rolled back on failure); `blind` gates on a metric
 /// nobody exports.
 fn config(app: &str, prometheus: &str) -> String {
@@ -265,23 +302,12 @@ fn verdicts(rollout: &Value) -> Vec<String> {
 async fn a_prometheus_error_rate_gate_promotes_healthy_traffic_rolls_back_errors_and_pauses_without_data(
 ) {
     let started = Instant::now();
-    let traffic = Arc::new(Traffic::default());
-    let app_url = start_test_app(traffic.clone()).await;
-    let prometheus = Prometheus::start(app_url.trim_start_matches("http://")).await;
-    // Two scrapes with traffic between them before a rate exists.
-    eventually(Duration::from_secs(30), "a scraped error rate", || async {
-        Ok(prometheus.value(ERROR_RATE).await)
-    })
-    .await
-    .unwrap();
-
-    let db = TestDb::new().await.unwrap();
-    let server = Server::start(BINARY, &db.url, &[]).unwrap();
-    let (status, body) = server
-        .apply("metered", &config("metered", &prometheus.url))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
+    let Setup {
+        traffic,
+        prometheus,
+        db,
+        server,
+    } = Setup::start("metered", ERROR_RATE, config).await;
 
     // No data: the gate is inconclusive and the rollout pauses, while the healthy one runs.
     let blind = deploy(&server, "metered", "blind", "1.0.0").await;
@@ -431,23 +457,14 @@ async fn paused(server: &Server, id: &str) -> Value {
 
 #[tokio::test]
 async fn built_in_templates_count_rounds_wait_for_enough_samples_and_tolerate_a_few_errors() {
-    let traffic = Arc::new(Traffic::default());
-    let app_url = start_test_app(traffic.clone()).await;
-    let prometheus = Prometheus::start(app_url.trim_start_matches("http://")).await;
     let p95 =
         "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[10s])))";
-    eventually(Duration::from_secs(30), "a scraped p95", || async {
-        Ok(prometheus.value(p95).await)
-    })
-    .await
-    .unwrap();
-    let db = TestDb::new().await.unwrap();
-    let server = Server::start(BINARY, &db.url, &[]).unwrap();
-    let (status, body) = server
-        .apply("templated", &template_config("templated", &prometheus.url))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
+    let Setup {
+        traffic,
+        prometheus,
+        db,
+        server,
+    } = Setup::start("templated", p95, template_config).await;
 
     // The error-rate template with enough traffic: exactly three rounds, each passing with the
     // sample count behind it, and the release goes out.

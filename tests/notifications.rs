@@ -10,9 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use shipgate_testkit::{Server, TestDb, ADMIN_TOKEN};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
@@ -162,15 +160,7 @@ fn events_of<'a>(items: &'a [Value], channel: &str) -> Vec<&'a str> {
 }
 
 fn signature(body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+    shipgate_testkit::hmac_sha256(HOOK_SECRET, body)
 }
 
 /// Starts the binary with its log (at debug level) written to a file, through a shell that

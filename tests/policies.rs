@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use shipgate_testkit::{eventually, Server, TestDb, ADMIN_TOKEN};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
@@ -286,15 +284,7 @@ async fn during_a_freeze_a_rollback_of_production_runs_but_a_deploy_is_refused_n
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+    shipgate_testkit::hmac_sha256(SECRET, body)
 }
 
 /// CI announces a build of `main` through the signed generic hook: (status, body).

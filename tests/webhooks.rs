@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use shipgate_testkit::{Server, TestDb};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shipgate");
@@ -49,11 +47,7 @@ environments:
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    shipgate_testkit::hmac_sha256(SECRET, body)
 }
 
 struct Answer {

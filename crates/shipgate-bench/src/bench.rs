@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 use shipgate_testkit::{Server, TestDb, ADMIN_TOKEN};
 
 use crate::fleet;
@@ -354,12 +352,7 @@ pub async fn api_reads(binary: &Path, size: Size, report: &mut Report) -> Result
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    shipgate_testkit::hmac_sha256(WEBHOOK_SECRET, body)
 }
 
 /// The webhook app: pushes to `master` of `repository` deploy to staging.

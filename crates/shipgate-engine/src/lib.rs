@@ -88,7 +88,7 @@ pub struct Engine {
     http: reqwest::Client,
     config: EngineConfig,
     held: Mutex<HashSet<Uuid>>,
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -106,7 +106,7 @@ impl Engine {
             http: probes::client(),
             config,
             held: Mutex::new(HashSet::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -119,7 +119,11 @@ impl Engine {
     /// and renews the leases it holds.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
         info!(replica = %self.config.replica, "engine started");
-        let listener = tokio::spawn(Arc::clone(&self).listen());
+        let listener = tokio::spawn(wake_on(
+            self.pool.clone(),
+            WAKE_CHANNEL,
+            Arc::clone(&self.wake),
+        ));
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
         let drift = (!self.config.drift_interval.is_zero())
             .then(|| tokio::spawn(Arc::clone(&self).watch_drift()));
@@ -198,35 +202,6 @@ impl Engine {
                 .await;
         }
         info!(replica = %self.config.replica, "engine stopped");
-    }
-
-    async fn listen(self: Arc<Self>) {
-        loop {
-            let mut listener = match PgListener::connect_with(&self.pool).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    warn!(%error, "cannot listen for wake-ups; polling meanwhile");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
-            if let Err(error) = listener.listen(WAKE_CHANNEL).await {
-                warn!(%error, "LISTEN failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            // Anything that happened while we were not listening is found by the next claim.
-            self.wake.notify_one();
-            loop {
-                match listener.recv().await {
-                    Ok(_) => self.wake.notify_one(),
-                    Err(error) => {
-                        warn!(%error, "lost the wake-up connection; reconnecting");
-                        break;
-                    }
-                }
-            }
-        }
     }
 
     /// Asks each platform what it serves for every live component, and records drift: a
@@ -1112,6 +1087,36 @@ impl Engine {
                 )
             }
             Err(message) => error(message),
+        }
+    }
+}
+
+/// Wakes `wake` on every NOTIFY on `channel`, and once each time the LISTEN is (re)registered
+/// (anything sent while it was not is found by the next look), reconnecting as needed.
+pub(crate) async fn wake_on(pool: PgPool, channel: &'static str, wake: Arc<Notify>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                warn!(%error, channel, "cannot listen; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(channel).await {
+            warn!(%error, channel, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        wake.notify_one();
+        loop {
+            match listener.recv().await {
+                Ok(_) => wake.notify_one(),
+                Err(error) => {
+                    warn!(%error, channel, "lost the LISTEN connection; reconnecting");
+                    break;
+                }
+            }
         }
     }
 }

@@ -16,7 +16,6 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -77,7 +76,7 @@ pub struct Notifier {
     secrets: SecretBox,
     http: reqwest::Client,
     config: NotifierConfig,
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl Notifier {
@@ -95,13 +94,17 @@ impl Notifier {
             secrets,
             http,
             config,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
         })
     }
 
     /// Delivers until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        let listener = tokio::spawn(Arc::clone(&self).listen());
+        let listener = tokio::spawn(crate::wake_on(
+            self.pool.clone(),
+            NOTIFICATIONS_CHANNEL,
+            Arc::clone(&self.wake),
+        ));
         tokio::pin!(shutdown);
         loop {
             loop {
@@ -121,35 +124,6 @@ impl Notifier {
             }
         }
         listener.abort();
-    }
-
-    async fn listen(self: Arc<Self>) {
-        loop {
-            let mut listener = match PgListener::connect_with(&self.pool).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    warn!(%error, "cannot listen for notifications; polling meanwhile");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
-            if let Err(error) = listener.listen(NOTIFICATIONS_CHANNEL).await {
-                warn!(%error, "LISTEN for notifications failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            // Registered before looking: anything queued meanwhile is found by the next claim.
-            self.wake.notify_one();
-            loop {
-                match listener.recv().await {
-                    Ok(_) => self.wake.notify_one(),
-                    Err(error) => {
-                        warn!(%error, "lost the notification connection; reconnecting");
-                        break;
-                    }
-                }
-            }
-        }
     }
 
     /// Claims one batch and delivers it; returns how many were claimed.

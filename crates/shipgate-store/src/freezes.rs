@@ -54,16 +54,19 @@ impl FreezeWindow {
     }
 }
 
+/// The columns of a [`FreezeWindow`] and the tables they come from (`f`: the window, `e`: its
+/// environment), for a query to finish with its `where`.
+pub(crate) const SELECT: &str =
+    "f.id, e.name as environment, f.name, f.kind, f.starts_at, f.ends_at, f.weekly, f.time_zone,
+     f.blocks_manual, f.blocks_automation, f.allows_rollback, f.reason, f.created_by
+     from freeze_windows f left join environments e on e.id = f.environment_id";
+
 /// An app's freeze windows, current and future first.
 pub async fn list(pool: &PgPool, app_id: Uuid) -> Result<Vec<FreezeWindow>, StoreError> {
-    Ok(sqlx::query_as::<_, FreezeWindow>(
-        "select f.id, e.name as environment, f.name, f.kind, f.starts_at, f.ends_at, f.weekly,
-                f.time_zone, f.blocks_manual, f.blocks_automation, f.allows_rollback, f.reason,
-                f.created_by
-           from freeze_windows f left join environments e on e.id = f.environment_id
-          where f.app_id = $1
-          order by (f.ends_at is not null and f.ends_at < now()), f.starts_at nulls last, f.name",
-    )
+    Ok(sqlx::query_as::<_, FreezeWindow>(&format!(
+        "select {SELECT} where f.app_id = $1
+          order by (f.ends_at is not null and f.ends_at < now()), f.starts_at nulls last, f.name"
+    ))
     .bind(app_id)
     .fetch_all(pool)
     .await?)

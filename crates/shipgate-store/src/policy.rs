@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::apps::{self, Environment};
 use crate::events::{self, Actor, Scope};
-use crate::freezes::FreezeWindow;
+use crate::freezes::{self, FreezeWindow};
 use crate::releases::Release;
 use crate::StoreError;
 
@@ -170,14 +170,11 @@ async fn windows_covering(
     app_id: Uuid,
     environment_id: Uuid,
 ) -> Result<Vec<FreezeWindow>, StoreError> {
-    Ok(sqlx::query_as::<_, FreezeWindow>(
-        "select f.id, e.name as environment, f.name, f.kind, f.starts_at, f.ends_at, f.weekly,
-                f.time_zone, f.blocks_manual, f.blocks_automation, f.allows_rollback, f.reason,
-                f.created_by
-           from freeze_windows f left join environments e on e.id = f.environment_id
-          where f.app_id = $1 and (f.environment_id is null or f.environment_id = $2)
+    Ok(sqlx::query_as::<_, FreezeWindow>(&format!(
+        "select {} where f.app_id = $1 and (f.environment_id is null or f.environment_id = $2)
           order by f.name",
-    )
+        freezes::SELECT
+    ))
     .bind(app_id)
     .bind(environment_id)
     .fetch_all(&mut *tx)
@@ -233,12 +230,10 @@ pub async fn hold(
 /// replicas looking, each edge is announced once. Returns how many edges were announced.
 pub async fn announce_freeze_edges(pool: &PgPool, actor: &Actor) -> Result<usize, StoreError> {
     let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(pool).await?;
-    let rows = sqlx::query(
-        "select f.id, f.app_id, f.environment_id, e.name as environment, f.name, f.kind,
-                f.starts_at, f.ends_at, f.weekly, f.time_zone, f.blocks_manual,
-                f.blocks_automation, f.allows_rollback, f.reason, f.created_by, f.announced_on
-           from freeze_windows f left join environments e on e.id = f.environment_id",
-    )
+    let rows = sqlx::query(&format!(
+        "select f.app_id, f.environment_id, f.announced_on, {}",
+        freezes::SELECT
+    ))
     .fetch_all(pool)
     .await?;
     let mut announced = 0;

@@ -257,3 +257,19 @@ pub fn csrf_of(html: &str) -> String {
         + r#"name="csrf" value=""#.len();
     html[start..start + html[start..].find('"').unwrap()].to_owned()
 }
+
+/// `sha256=<hex>` HMAC-SHA256 of `body` under `secret`: how GitHub, Shipgate's generic hook and
+/// its signed notifications sign a body.
+pub fn hmac_sha256(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
