@@ -152,3 +152,124 @@ async fn a_cached_rollout_changes_at_once_for_writers_and_within_a_notify_for_ot
     drop((one, two));
     db.drop_database().await.unwrap();
 }
+
+async fn status(server: &Server, environment: &str) -> Value {
+    let (status, body) = server
+        .get(&format!("/api/v1/apps/shop/environments/{environment}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Reads `environment`'s status on `server` until `seen` holds; returns how long that took from
+/// `since`.
+async fn until_status(
+    server: &Server,
+    environment: &str,
+    what: &str,
+    since: Instant,
+    seen: impl Fn(&Value) -> bool,
+) -> Duration {
+    eventually(Duration::from_secs(15), what, || async {
+        Ok(seen(&status(server, environment).await).then_some(()))
+    })
+    .await
+    .unwrap();
+    since.elapsed()
+}
+
+#[tokio::test]
+async fn a_cached_environment_status_follows_rollouts_settings_and_drift_on_every_replica() {
+    let db = TestDb::new().await.unwrap();
+    // Replica one watches for drift often; replica two only serves reads.
+    let one = Server::start(BINARY, &db.url, &[("SHIPGATE_DRIFT_INTERVAL", "300ms")]).unwrap();
+    let two = Server::start(BINARY, &db.url, &[]).unwrap();
+    let (status_code, body) = one.apply("shop", CONFIG).await.unwrap();
+    assert_eq!(status_code, 201, "{body}");
+
+    // Replica two caches staging with nothing in flight, twice the same answer.
+    let idle = status(&two, "staging").await;
+    assert!(idle["in_flight"].is_null(), "{idle}");
+    assert_eq!(idle, status(&two, "staging").await);
+
+    // A rollout started through replica one shows on replica two well within the cache's
+    // 10 s bound, and in the reads of replica one at once.
+    let started = Instant::now();
+    let id = waiting(&one).await;
+    assert_eq!(status(&one, "staging").await["in_flight"]["id"], id);
+    let took = until_status(
+        &two,
+        "staging",
+        "the rollout on replica two",
+        started,
+        |s| s["in_flight"]["id"] == id.as_str(),
+    )
+    .await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // New settings applied through replica one (a policy) reach replica two's cached status.
+    let with_policy = CONFIG.replace(
+        "  - name: production\n",
+        "  - name: production\n    promotion: { from: staging }\n",
+    );
+    let _ = status(&two, "production").await;
+    let applied = Instant::now();
+    let (status_code, body) = one.apply("shop", &with_policy).await.unwrap();
+    assert!(status_code == 200 || status_code == 201, "{body}");
+    let took = until_status(
+        &two,
+        "production",
+        "the policy on replica two",
+        applied,
+        |s| s["policy"]["promotion"]["from"] == "staging",
+    )
+    .await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // Drift is looked for once nothing is in flight: the approval gate is skipped.
+    let (status_code, body) = one
+        .post(
+            &format!("/api/v1/rollouts/{id}/skip-gate"),
+            &json!({ "comment": "drift next" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_code, 200, "{body}");
+    one.wait_finished(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Drift: the platform serves another build. Replica two's entry is fresh (a write request
+    // emptied its cache just before the read), so only the observation's NOTIFY can make it
+    // show the drift before the 10 s bound.
+    let (status_code, body) = two
+        .post(
+            "/api/v1/apps/shop/environments/staging/auto-deploy/resume",
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert!(status_code < 300, "{status_code} {body}");
+    let cached_at = Instant::now();
+    let before = status(&two, "staging").await;
+    assert_eq!(before["live"][0]["drifted"], false, "{before}");
+    sqlx::query(
+        "insert into simulated_operations (id, target, natural_key, kind, version, request, outcome, ready_at, issued_by)
+         values (gen_random_uuid(), 'shop/staging/web', 'outside', 'deploy', '0.9.0-hotfix', '{}', 'succeeded', now(), 'a person')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let took = until_status(
+        &two,
+        "staging",
+        "the drift on replica two",
+        cached_at,
+        |s| s["live"][0]["drifted"] == true,
+    )
+    .await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop((one, two));
+    db.drop_database().await.unwrap();
+}

@@ -252,16 +252,25 @@ pub async fn api_reads(binary: &Path, size: Size, report: &mut Report) -> Result
         &db.url,
         &support::server_env(&[("SHIPGATE_ROLLOUT_CACHE", "false")]),
     )?;
-    let url = uncached_server.at(&format!("/api/v1/rollouts/{rollout}"));
-    let make: MakeRequest = Arc::new(move |client, _, _| bearer(client.get(&url)));
-    let (transactions_before, _) = support::database_activity(&db).await?;
-    let uncached = support::closed_loop(64, false, warmup, window, make).await;
-    let (transactions_after, _) = support::database_activity(&db).await?;
-    report.note(format!(
-        "GET /api/v1/rollouts/{{id}} with SHIPGATE_ROLLOUT_CACHE=false: {:.1} database statements per request",
-        (transactions_after - transactions_before) as f64
-            / (uncached.ok + uncached.errors).max(1) as f64
-    ));
+    let mut uncached_reads = Vec::new();
+    for path in [
+        format!("/api/v1/rollouts/{rollout}"),
+        "/api/v1/apps/shop/environments/e0".to_owned(),
+    ] {
+        let url = uncached_server.at(&path);
+        let make: MakeRequest = Arc::new(move |client, _, _| bearer(client.get(&url)));
+        let (transactions_before, _) = support::database_activity(&db).await?;
+        let result = support::closed_loop(64, false, warmup, window, make).await;
+        let (transactions_after, _) = support::database_activity(&db).await?;
+        report.note(format!(
+            "GET {path} with SHIPGATE_ROLLOUT_CACHE=false: {:.1} database statements per request",
+            (transactions_after - transactions_before) as f64
+                / (result.ok + result.errors).max(1) as f64
+        ));
+        uncached_reads.push(result);
+    }
+    let [uncached, uncached_status] =
+        <[_; 2]>::try_from(uncached_reads).unwrap_or_else(|_| unreachable!("two paths were read"));
     drop(uncached_server);
 
     for (name, result, judged) in [
@@ -279,6 +288,11 @@ pub async fn api_reads(binary: &Path, size: Size, report: &mut Report) -> Result
             "GET /api/v1/apps/{app}/environments/{env}, 64 conn.",
             &status_result,
             true,
+        ),
+        (
+            "GET /api/v1/apps/{app}/environments/{env}, cache off (before)",
+            &uncached_status,
+            false,
         ),
     ] {
         let ratio = result.rate() / bare_result.rate().max(1e-9);

@@ -443,11 +443,31 @@ async fn environment_status(
     caller: Caller,
     State(state): State<AppState>,
     Path((app, environment)): Path<(String, String)>,
-) -> Result<Json<EnvironmentStatus>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(Scope::Read, Target::Environment(&app, &environment))?;
-    let environment = apps::environment(&state.pool, &app, &environment).await?;
+    // Served from memory while nothing it shows changed (see `crate::cache`).
+    let key = (app, environment);
+    if let Some(body) = state.statuses.get(&key) {
+        return Ok(json_body(body));
+    }
+    let ticket = state.statuses.ticket(&key);
+    let status = read_environment_status(&state, &key.0, &key.1).await?;
+    let body = Bytes::from(
+        serde_json::to_vec(&status)
+            .map_err(|error| ApiError::Internal(format!("environment status as JSON: {error}")))?,
+    );
+    state.statuses.put(key, ticket, body.clone());
+    Ok(json_body(body))
+}
+
+async fn read_environment_status(
+    state: &AppState,
+    app: &str,
+    environment: &str,
+) -> Result<EnvironmentStatus, ApiError> {
+    let environment = apps::environment(&state.pool, app, environment).await?;
     let live = rollouts::live_components(&state.pool, environment.id).await?;
-    let recent = rollouts::recent(&state.pool, Some(&app), Some(&environment.name), 10).await?;
+    let recent = rollouts::recent(&state.pool, Some(app), Some(&environment.name), 10).await?;
     let in_flight = recent
         .iter()
         .find(|r| {
@@ -462,8 +482,8 @@ async fn environment_status(
         Some(id) => Some(releases::by_id(&state.pool, id).await?.version),
         None => None,
     };
-    Ok(Json(EnvironmentStatus {
-        app,
+    Ok(EnvironmentStatus {
+        app: app.to_owned(),
         environment: environment.name,
         current_release: current,
         live,
@@ -480,7 +500,7 @@ async fn environment_status(
         },
         policy: environment.policy,
         recent,
-    }))
+    })
 }
 
 /// A request to roll a release out to an environment.
@@ -977,11 +997,11 @@ async fn get_rollout(
     if query.wait.is_none() {
         // A rollout that did not change since it was last read comes from memory (see
         // `crate::cache` for what keeps it exact).
-        if let Some(hit) = state.rollouts.get(id) {
+        if let Some(hit) = state.rollouts.get(&id) {
             caller.require(Scope::Read, Target::Environment(&hit.app, &hit.environment))?;
             return Ok(json_body(hit.body));
         }
-        let ticket = state.rollouts.ticket(id);
+        let ticket = state.rollouts.ticket(&id);
         let detail = rollouts::detail(&state.pool, id).await?;
         caller.require(
             Scope::Read,

@@ -1,23 +1,29 @@
-//! A cache of rollouts as `GET /api/v1/rollouts/{id}` answers them (the JSON body, with the app
-//! and environment it is authorized against), so that a CI job or a dashboard polling a rollout
-//! costs no database round trip while nothing changes.
+//! Caches of API answers, so that a CI job or a dashboard polling a rollout or an environment
+//! costs no database round trip while nothing changes: [`RolloutCache`] holds rollouts as
+//! `GET /api/v1/rollouts/{id}` answers them (the JSON body, with the app and environment it is
+//! authorized against), [`StatusCache`] environments as `GET /api/v1/apps/{app}/environments/{env}`
+//! answers them.
 //!
-//! It is correct only while this replica hears every change, so it is used only then:
+//! They are correct only while this replica hears every change, so they are used only then:
 //! - every committed change to a rollout NOTIFYs its id (on any replica); the live-update
-//!   listener ([`crate::AppState::forward_updates`]) drops that entry, and while the listener is
-//!   not connected (start-up, a lost connection: notifications may have been missed) the cache
-//!   is off and emptied;
+//!   listener ([`crate::AppState::forward_updates`]) drops that rollout's entry and every
+//!   environment's (the notification does not say whose environment changed). Every other
+//!   change an environment's status shows (its settings, its auto-deploy pause, what a
+//!   platform was seen serving) NOTIFYs `environments`, which empties the status cache. While
+//!   the listener is not connected (start-up, a lost connection: notifications may have been
+//!   missed) both are off and emptied;
 //! - every write request this replica serves (POST, PUT, PATCH, DELETE, API or dashboard)
-//!   empties it once answered, so whoever changed something reads their own write at once,
+//!   empties both once answered, so whoever changed something reads their own write at once,
 //!   before its notification comes back;
-//! - a read that began before an invalidation of its rollout does not store what it read
-//!   (each stripe of ids counts its invalidations; a read stores only if its count is unchanged);
+//! - a read that began before an invalidation of its key does not store what it read (each
+//!   stripe of keys counts its invalidations; a read stores only if its count is unchanged);
 //! - entries live at most [`TTL`], a bound on staleness should all of the above fail.
 //!
 //! Changes made on another replica reach this one's cache as fast as their NOTIFY does
 //! (milliseconds); `?wait=` long polls never use the cache.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +36,12 @@ pub const TTL: Duration = Duration::from_secs(10);
 /// Entries kept at most (a full cache drops what expired, then everything).
 pub const CAPACITY: usize = 4096;
 const STRIPES: usize = 64;
+
+/// Rollouts by id.
+pub type RolloutCache = Cache<Uuid, Cached>;
+
+/// Environment status bodies by app and environment name.
+pub type StatusCache = Cache<(String, String), Bytes>;
 
 /// A cached rollout.
 #[derive(Clone, Debug)]
@@ -51,47 +63,43 @@ pub struct Ticket {
     at: Instant,
 }
 
-struct Inner {
+struct Inner<K, V> {
     epochs: [u64; STRIPES],
-    entries: HashMap<Uuid, (Cached, Instant)>,
-}
-
-impl Default for Inner {
-    fn default() -> Self {
-        Inner {
-            epochs: [0; STRIPES],
-            entries: HashMap::new(),
-        }
-    }
+    entries: HashMap<K, (V, Instant)>,
 }
 
 /// See the module documentation.
-#[derive(Default)]
-pub struct RolloutCache {
+pub struct Cache<K, V> {
     enabled: bool,
     live: AtomicBool,
-    inner: Mutex<Inner>,
+    hasher: RandomState,
+    inner: Mutex<Inner<K, V>>,
 }
 
-fn stripe(id: Uuid) -> usize {
-    (id.as_u128() % STRIPES as u128) as usize
-}
-
-impl RolloutCache {
+impl<K: Hash + Eq, V: Clone> Cache<K, V> {
     /// A cache that serves once [`RolloutCache::set_live`] says the listener runs; `enabled:
     /// false` never serves.
     pub fn new(enabled: bool) -> Self {
-        RolloutCache {
+        Cache {
             enabled,
-            ..RolloutCache::default()
+            live: AtomicBool::new(false),
+            hasher: RandomState::new(),
+            inner: Mutex::new(Inner {
+                epochs: [0; STRIPES],
+                entries: HashMap::new(),
+            }),
         }
+    }
+
+    fn stripe(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) % STRIPES as u64) as usize
     }
 
     fn serving(&self) -> bool {
         self.enabled && self.live.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -104,22 +112,22 @@ impl RolloutCache {
         self.live.store(live, Ordering::Release);
     }
 
-    /// A fresh entry for `id`, if serving.
-    pub fn get(&self, id: Uuid) -> Option<Cached> {
+    /// A fresh entry for `key`, if serving.
+    pub fn get(&self, key: &K) -> Option<V> {
         if !self.serving() {
             return None;
         }
         let inner = self.lock();
-        let (cached, at) = inner.entries.get(&id)?;
+        let (cached, at) = inner.entries.get(key)?;
         (at.elapsed() < TTL).then(|| cached.clone())
     }
 
-    /// Taken before reading `id` from the database; `None` when not serving.
-    pub fn ticket(&self, id: Uuid) -> Option<Ticket> {
+    /// Taken before reading `key` from the database; `None` when not serving.
+    pub fn ticket(&self, key: &K) -> Option<Ticket> {
         if !self.serving() {
             return None;
         }
-        let stripe = stripe(id);
+        let stripe = self.stripe(key);
         Some(Ticket {
             stripe,
             epoch: self.lock().epochs[stripe],
@@ -127,8 +135,8 @@ impl RolloutCache {
         })
     }
 
-    /// Stores what a read found, unless `id`'s stripe was invalidated since its ticket.
-    pub fn put(&self, id: Uuid, ticket: Option<Ticket>, cached: Cached) {
+    /// Stores what a read found, unless `key`'s stripe was invalidated since its ticket.
+    pub fn put(&self, key: K, ticket: Option<Ticket>, cached: V) {
         let Some(ticket) = ticket else { return };
         if !self.serving() {
             return;
@@ -143,14 +151,15 @@ impl RolloutCache {
                 inner.entries.clear();
             }
         }
-        inner.entries.insert(id, (cached, ticket.at));
+        inner.entries.insert(key, (cached, ticket.at));
     }
 
-    /// `id` changed.
-    pub fn invalidate(&self, id: Uuid) {
+    /// `key` changed.
+    pub fn invalidate(&self, key: &K) {
+        let stripe = self.stripe(key);
         let mut inner = self.lock();
-        inner.epochs[stripe(id)] += 1;
-        inner.entries.remove(&id);
+        inner.epochs[stripe] += 1;
+        inner.entries.remove(key);
     }
 
     /// Anything may have changed.
@@ -179,21 +188,21 @@ mod tests {
     fn nothing_is_served_until_the_listener_is_live_or_when_disabled() {
         let id = Uuid::now_v7();
         let cache = RolloutCache::new(true);
-        assert!(cache.ticket(id).is_none());
-        cache.put(id, cache.ticket(id), cached("v1"));
-        assert!(cache.get(id).is_none());
+        assert!(cache.ticket(&id).is_none());
+        cache.put(id, cache.ticket(&id), cached("v1"));
+        assert!(cache.get(&id).is_none());
         cache.set_live(true);
-        cache.put(id, cache.ticket(id), cached("v1"));
-        assert_eq!(cache.get(id).unwrap().body, "v1");
+        cache.put(id, cache.ticket(&id), cached("v1"));
+        assert_eq!(cache.get(&id).unwrap().body, "v1");
         cache.set_live(false);
         assert!(
-            cache.get(id).is_none(),
+            cache.get(&id).is_none(),
             "a lost listener empties and stops it"
         );
         let disabled = RolloutCache::new(false);
         disabled.set_live(true);
-        disabled.put(id, disabled.ticket(id), cached("v1"));
-        assert!(disabled.get(id).is_none());
+        disabled.put(id, disabled.ticket(&id), cached("v1"));
+        assert!(disabled.get(&id).is_none());
     }
 
     #[test]
@@ -201,21 +210,21 @@ mod tests {
         let cache = RolloutCache::new(true);
         cache.set_live(true);
         let id = Uuid::now_v7();
-        let before = cache.ticket(id);
-        cache.invalidate(id);
+        let before = cache.ticket(&id);
+        cache.invalidate(&id);
         cache.put(id, before, cached("stale"));
-        assert!(cache.get(id).is_none(), "invalidated while it read");
+        assert!(cache.get(&id).is_none(), "invalidated while it read");
         let other = Uuid::from_u128(id.as_u128() + 1);
-        let ticket = cache.ticket(other);
+        let ticket = cache.ticket(&other);
         cache.clear();
         cache.put(other, ticket, cached("stale"));
         assert!(
-            cache.get(other).is_none(),
+            cache.get(&other).is_none(),
             "a write request cleared it meanwhile"
         );
-        cache.put(id, cache.ticket(id), cached("fresh"));
-        assert_eq!(cache.get(id).unwrap().body, "fresh");
-        cache.invalidate(id);
-        assert!(cache.get(id).is_none());
+        cache.put(id, cache.ticket(&id), cached("fresh"));
+        assert_eq!(cache.get(&id).unwrap().body, "fresh");
+        cache.invalidate(&id);
+        assert!(cache.get(&id).is_none());
     }
 }

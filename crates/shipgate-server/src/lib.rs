@@ -79,6 +79,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Rollouts as the API answers them, while nothing changed.
     pub rollouts: Arc<cache::RolloutCache>,
+    /// Environment statuses as the API answers them, while nothing changed.
+    pub statuses: Arc<cache::StatusCache>,
 }
 
 impl AppState {
@@ -101,6 +103,7 @@ impl AppState {
             admin_token: admin_token.filter(|t| !t.is_empty()).map(Arc::from),
             limiters: Arc::new(limits::Limiters::new(settings.rate_limits)),
             rollouts: Arc::new(cache::RolloutCache::new(settings.rollout_cache)),
+            statuses: Arc::new(cache::StatusCache::new(settings.rollout_cache)),
             settings: Arc::new(settings),
             updates,
             metrics,
@@ -116,11 +119,15 @@ impl AppState {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
                 listener.listen(UPDATES_CHANNEL).await?;
                 self.rollouts.set_live(true);
+                self.statuses.set_live(true);
                 // `try_recv` says when the connection dropped (`None`), where `recv` would
                 // reconnect silently past lost notifications.
                 while let Some(notification) = listener.try_recv().await? {
+                    // A rollout's id, or `environments`: either may change what an
+                    // environment's status shows.
+                    self.statuses.clear();
                     if let Ok(id) = notification.payload().parse::<Uuid>() {
-                        self.rollouts.invalidate(id);
+                        self.rollouts.invalidate(&id);
                         let _ = self.updates.send(id);
                     }
                 }
@@ -128,6 +135,7 @@ impl AppState {
             };
             let outcome = listener.await;
             self.rollouts.set_live(false);
+            self.statuses.set_live(false);
             match outcome {
                 Err(error) => {
                     tracing::warn!(%error, "lost the live-update connection; reconnecting")
@@ -139,8 +147,8 @@ impl AppState {
     }
 }
 
-/// Empties the rollout cache once a write request (any method but GET, HEAD, OPTIONS) was
-/// answered, so the writer reads its own write at once.
+/// Empties the caches once a write request (any method but GET, HEAD, OPTIONS) was answered,
+/// so the writer reads its own write at once.
 async fn writes_clear_the_cache(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -153,6 +161,7 @@ async fn writes_clear_the_cache(
     let response = next.run(request).await;
     if !reads {
         state.rollouts.clear();
+        state.statuses.clear();
     }
     response
 }

@@ -145,6 +145,7 @@ pub async fn apply(
         )
         .await?;
     }
+    crate::rollouts::notify_environments(&mut tx).await?;
     tx.commit().await?;
     Ok(outcome)
 }

@@ -32,6 +32,17 @@ pub async fn notify(executor: &mut PgConnection, rollout_id: Uuid) -> Result<(),
     Ok(())
 }
 
+/// Says that something an environment's status shows changed other than a rollout (its
+/// settings, its auto-deploy pause, what a platform was seen serving): every replica's API
+/// drops the environment statuses it cached. Rollout changes say so through [`notify`].
+pub async fn notify_environments(executor: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("select pg_notify($1, 'environments')")
+        .bind(UPDATES_CHANNEL)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 /// What starting a rollout needs.
 #[derive(Clone, Debug)]
 pub struct NewRollout<'a> {
@@ -583,6 +594,7 @@ pub async fn rollback_in(
     ))
     .execute(&mut *tx)
     .await?;
+    notify_environments(&mut *tx).await?;
     let scope_event = Scope {
         app_id: Some(environment.app_id),
         environment_id: Some(environment.id),
@@ -1573,6 +1585,7 @@ pub async fn resume_auto_deploy(
     .bind(environment.id)
     .execute(&mut *tx)
     .await?;
+    notify_environments(&mut tx).await?;
     events::record(
         &mut *tx,
         Scope {

@@ -89,8 +89,9 @@ pub struct ServerConfig {
     #[arg(long, env = "SHIPGATE_METRICS_PUBLIC", default_value_t = false)]
     pub metrics_public: bool,
 
-    /// Serve `GET /api/v1/rollouts/{id}` from memory while nothing changed (kept exact by the
-    /// NOTIFY of every change; `false` reads the database every time).
+    /// Serve `GET /api/v1/rollouts/{id}` and `GET /api/v1/apps/{app}/environments/{env}` from
+    /// memory while nothing they show changed (kept exact by the NOTIFY of every change; `false`
+    /// reads the database every time).
     #[arg(long, env = "SHIPGATE_ROLLOUT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub rollout_cache: bool,
 
