@@ -5,6 +5,11 @@
 //! Crash safety comes from the order of writes: a step's intent (with its natural key) commits
 //! before the provider is called, so a worker that resumes a step with intent but no provider
 //! reference asks the provider whether the operation exists instead of calling it again.
+//!
+//! Writes that need nothing from outside in between share one transaction (a tick's *chain*):
+//! a gate's check, the phase it passes and the next phase's start commit together. The chain
+//! commits before anything leaves the process (a provider call, a probe, a query) and before
+//! the rollout waits, so a crash loses only decisions the next worker makes again.
 
 pub mod notifier;
 
@@ -79,6 +84,10 @@ pub enum EngineError {
         wait: Duration,
     },
 }
+
+/// The transaction a tick keeps open while its writes need nothing from outside (see the
+/// module documentation).
+type Chain = Option<Fenced>;
 
 /// The engine of one replica.
 pub struct Engine {
@@ -387,9 +396,12 @@ impl Engine {
             }
             return;
         }
-        let fenced = Fenced::begin(&self.pool, &loaded, &self.config.replica).await;
-        if let Ok(fenced) = fenced {
-            let failed = fenced.fail(None, &reason).await;
+        let fenced = Fenced::begin(&self.pool, Arc::new(loaded), &self.config.replica).await;
+        if let Ok(mut fenced) = fenced {
+            let failed = match fenced.fail(None, &reason).await {
+                Ok(()) => fenced.commit().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
             if let Err(error) = failed {
                 warn!(rollout.id = %id, %error, "could not mark the rollout failed");
             }
@@ -402,17 +414,44 @@ impl Engine {
         id: Uuid,
         seen_version: &mut i64,
     ) -> Result<chrono::DateTime<Utc>, EngineError> {
+        let mut chain = None;
+        // On an error the open chain is dropped, which rolls it back.
+        let wake_at = self.decide_and_act(id, seen_version, &mut chain).await?;
+        if let Some(version) = self.close(&mut chain).await? {
+            *seen_version = version;
+        }
+        Ok(wake_at)
+    }
+
+    async fn decide_and_act(
+        &self,
+        id: Uuid,
+        seen_version: &mut i64,
+        chain: &mut Chain,
+    ) -> Result<chrono::DateTime<Utc>, EngineError> {
         for _ in 0..500 {
-            let loaded = store::load(&self.pool, id).await?;
+            let loaded = match chain.as_mut() {
+                Some(open) => open.reload().await?,
+                None => Arc::new(store::load(&self.pool, id).await?),
+            };
             *seen_version = loaded.version;
             let now = Utc::now();
             let decision = decide(&loaded.view, now, self.config.timing);
             debug!(rollout.id = %id, ?decision, "decided");
-            match self.act(&loaded, decision, now).await {
+            // Transitions join the chain; anything else may ask the outside world, or read on
+            // another connection what the chain wrote, so the chain commits first. Activating
+            // and rolling back commit on their own (they may give up part-way).
+            let joins = matches!(&decision, Decision::Transition(transition)
+                if !matches!(transition, Transition::Activate | Transition::RollBack { .. }));
+            if !joins {
+                self.close(chain).await?;
+            }
+            match self.act(&loaded, decision, now, chain).await {
                 Ok(Some(wake_at)) => return Ok(wake_at),
                 Ok(None) => {}
                 // Someone changed the rollout between our read and our write (a person's action,
-                // a wake-up): read again, as long as the rollout is still ours.
+                // a wake-up): read again, as long as the rollout is still ours. Only opening a
+                // chain is fenced, so no chain is open here.
                 Err(EngineError::Store(StoreError::Fenced))
                     if store::holds_lease(&self.pool, id, &self.config.replica).await? => {}
                 Err(error) => return Err(error),
@@ -422,19 +461,43 @@ impl Engine {
         Ok(Utc::now())
     }
 
+    /// The chain's transaction, opened (fenced on `loaded`) if none is.
+    async fn fenced<'c>(
+        &self,
+        chain: &'c mut Chain,
+        loaded: &Arc<Loaded>,
+    ) -> Result<&'c mut Fenced, StoreError> {
+        if chain.is_none() {
+            let opened =
+                Fenced::begin(&self.pool, Arc::clone(loaded), &self.config.replica).await?;
+            *chain = Some(opened);
+        }
+        Ok(chain.as_mut().expect("opened above"))
+    }
+
+    /// Commits what the chain wrote (or drops a chain that wrote nothing but its fence);
+    /// returns the rollout's version afterwards, if a chain was open.
+    async fn close(&self, chain: &mut Chain) -> Result<Option<i64>, StoreError> {
+        match chain.take() {
+            Some(open) => Ok(Some(open.finish().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Performs one decision; returns when the rollout is next due if it has nothing to do now.
     async fn act(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         decision: Decision,
         now: chrono::DateTime<Utc>,
+        chain: &mut Chain,
     ) -> Result<Option<chrono::DateTime<Utc>>, EngineError> {
         match decision {
             Decision::SleepUntil(at) => return Ok(Some(at)),
             Decision::Idle => return Ok(Some(now + chrono::Duration::hours(1))),
             Decision::Transition(transition) => {
                 let kind = transition_name(&transition);
-                let wait = self.transition(loaded, transition, now).await?;
+                let wait = self.transition(loaded, transition, now, chain).await?;
                 metrics::counter!("shipgate_transitions_total", "transition" => kind).increment(1);
                 if wait.is_some() {
                     return Ok(wait);
@@ -445,29 +508,30 @@ impl Engine {
                 step,
                 attempt,
             } => {
-                self.submit(loaded, phase, step, attempt).await?;
+                self.submit(loaded, phase, step, attempt, chain).await?;
             }
-            Decision::Reconcile { phase, step } => self.reconcile(loaded, phase, step).await?,
-            Decision::Poll { phase, step } => self.poll(loaded, phase, step).await?,
-            Decision::Check { phase, gate } => self.check(loaded, phase, gate).await?,
+            Decision::Reconcile { phase, step } => {
+                self.reconcile(loaded, phase, step, chain).await?
+            }
+            Decision::Poll { phase, step } => self.poll(loaded, phase, step, chain).await?,
+            Decision::Check { phase, gate } => self.check(loaded, phase, gate, chain).await?,
         }
         Ok(None)
     }
 
-    fn fence<'a>(
-        &'a self,
-        loaded: &'a Loaded,
-    ) -> impl Future<Output = Result<Fenced<'a>, StoreError>> + 'a {
-        Fenced::begin(&self.pool, loaded, &self.config.replica)
+    /// A transaction of its own, fenced on `loaded` (for the writes that commit alone).
+    async fn fence(&self, loaded: &Arc<Loaded>) -> Result<Fenced, StoreError> {
+        Fenced::begin(&self.pool, Arc::clone(loaded), &self.config.replica).await
     }
 
     /// Records a transition; returns when to look again if the rollout must wait (queued behind
     /// another, the line stopped, held by a freeze window).
     async fn transition(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         transition: Transition,
         now: chrono::DateTime<Utc>,
+        chain: &mut Chain,
     ) -> Result<Option<chrono::DateTime<Utc>>, EngineError> {
         // Whatever frees a queued rollout or resumes the line wakes it; this is a fallback.
         let later = now + chrono::Duration::hours(1);
@@ -483,13 +547,13 @@ impl Engine {
             }
             Transition::Start => {
                 // Held back while the app's line is stopped.
-                if !self.fence(loaded).await?.start().await? {
+                if !self.fenced(chain, loaded).await?.start().await? {
                     return Ok(Some(later));
                 }
             }
             Transition::StartPhase(index) => {
                 let phase = &loaded.plan.phases[index].name;
-                if let Some(hold) = self.fence(loaded).await?.start_phase(index).await? {
+                if let Some(hold) = self.fenced(chain, loaded).await?.start_phase(index).await? {
                     info!(rollout.id = %rollout, %phase, reason = %hold.reason, "held by a freeze window");
                     // Looked at again every minute too, so a window deleted or shortened
                     // lets the rollout go on.
@@ -500,29 +564,37 @@ impl Engine {
             }
             Transition::StepTimedOut { phase, step } => {
                 let row = &loaded.steps[&(phase, step)];
-                self.fence(loaded)
+                self.fenced(chain, loaded)
                     .await?
                     .step_timed_out(phase, step, row.id, self.config.timing.step_timeout)
                     .await?;
             }
-            Transition::Verify(index) => self.fence(loaded).await?.verify(index).await?,
+            Transition::Verify(index) => self.fenced(chain, loaded).await?.verify(index).await?,
             Transition::PhaseSucceeded(index) => {
                 info!(rollout.id = %rollout, phase = %loaded.plan.phases[index].name, "phase succeeded");
-                if let Some(seconds) = self.fence(loaded).await?.phase_succeeded(index).await? {
+                if let Some(seconds) = self
+                    .fenced(chain, loaded)
+                    .await?
+                    .phase_succeeded(index)
+                    .await?
+                {
                     metrics::histogram!("shipgate_phase_duration_seconds").record(seconds);
                 }
             }
             Transition::Pause { reason } => {
                 info!(rollout.id = %rollout, %reason, "rollout paused");
-                self.fence(loaded).await?.pause(&reason).await?;
+                self.fenced(chain, loaded).await?.pause(&reason).await?;
             }
             Transition::Succeed => {
                 info!(rollout.id = %rollout, release = %loaded.release.version, "rollout succeeded");
-                self.fence(loaded).await?.succeed().await?;
+                self.fenced(chain, loaded).await?.succeed().await?;
             }
             Transition::Fail { phase, reason } => {
                 info!(rollout.id = %rollout, %reason, "rollout failed");
-                self.fence(loaded).await?.fail(phase, &reason).await?;
+                self.fenced(chain, loaded)
+                    .await?
+                    .fail(phase, &reason)
+                    .await?;
             }
             Transition::RollBack {
                 phase,
@@ -542,7 +614,7 @@ impl Engine {
                         info!(rollout.id = %rollout, rollback.id = %rollback, "rollback started");
                     }
                     Err(StoreError::Refused(why)) | Err(StoreError::Conflict(why)) => {
-                        self.fence(loaded)
+                        self.fenced(chain, loaded)
                             .await?
                             .fail(
                                 Some(phase),
@@ -686,30 +758,41 @@ impl Engine {
     /// Records the intent of a step attempt, then calls the provider.
     async fn submit(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         phase: usize,
         step: usize,
         attempt: u32,
+        chain: &mut Chain,
     ) -> Result<(), EngineError> {
         let request = self.request(loaded, phase, step).await?;
-        let (step_id, natural_key) = self
-            .fence(loaded)
-            .await?
-            .record_intent(phase, step, attempt, &request)
-            .await?;
-        let mut after = loaded.clone();
-        after.version += 1;
-        self.call_provider(&after, phase, step, step_id, &natural_key, &request, false)
-            .await
+        let mut intent = self.fence(loaded).await?;
+        let (step_id, natural_key) = intent.record_intent(phase, step, attempt, &request).await?;
+        // Durable before the provider hears of it.
+        let version = intent.commit().await?;
+        let mut after = Loaded::clone(loaded);
+        after.version = version;
+        let after = Arc::new(after);
+        self.call_provider(
+            &after,
+            phase,
+            step,
+            step_id,
+            &natural_key,
+            &request,
+            false,
+            chain,
+        )
+        .await
     }
 
     /// A step has intent but no reference: the worker that recorded it may have crashed before or
     /// after calling the provider. Ask the provider; submit only if it has no such operation.
     async fn reconcile(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         phase: usize,
         step: usize,
+        chain: &mut Chain,
     ) -> Result<(), EngineError> {
         let row = loaded.steps[&(phase, step)].clone();
         info!(rollout.id = %loaded.id, natural_key = %row.natural_key, "reconciling a step with the provider");
@@ -721,6 +804,7 @@ impl Engine {
             &row.natural_key,
             &row.request,
             true,
+            chain,
         )
         .await
     }
@@ -731,25 +815,26 @@ impl Engine {
     )]
     async fn call_provider(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         phase: usize,
         step: usize,
         step_id: Uuid,
         natural_key: &str,
         request: &Value,
         reconciling: bool,
+        chain: &mut Chain,
     ) -> Result<(), EngineError> {
         let spec = &loaded.plan.phases[phase].steps[step];
         let Some(component) = spec.component() else {
             // Waits have no provider: the timer starts now.
-            self.fence(loaded)
+            self.fenced(chain, loaded)
                 .await?
                 .step_submitted(step_id, "timer", None)
                 .await?;
             return Ok(());
         };
         let Some(target) = loaded.targets.get(component) else {
-            self.fence(loaded)
+            self.fenced(chain, loaded)
                 .await?
                 .step_finished(
                     phase,
@@ -761,7 +846,7 @@ impl Engine {
             return Ok(());
         };
         let Some(provider) = self.providers.get(target.provider) else {
-            self.fence(loaded)
+            self.fenced(chain, loaded)
                 .await?
                 .step_finished(
                     phase,
@@ -801,7 +886,7 @@ impl Engine {
                     "the provider never accepted the operation within {}",
                     self.config.timing.step_timeout
                 );
-                self.fence(loaded)
+                self.fenced(chain, loaded)
                     .await?
                     .step_finished(phase, step, step_id, Err(message))
                     .await?;
@@ -828,17 +913,23 @@ impl Engine {
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(submitted) => {
-                self.fence(loaded)
+                self.fenced(chain, loaded)
                     .await?
                     .step_submitted(step_id, &submitted.reference, None)
                     .await?;
-                let mut after = loaded.clone();
-                after.version += 1;
-                self.settle(&after, phase, step, step_id, request, submitted.status)
-                    .await
+                self.settle(
+                    loaded,
+                    phase,
+                    step,
+                    step_id,
+                    request,
+                    submitted.status,
+                    chain,
+                )
+                .await
             }
             Err(ProviderError::Permanent(message)) => {
-                self.fence(loaded)
+                self.fenced(chain, loaded)
                     .await?
                     .step_finished(phase, step, step_id, Err(message))
                     .await?;
@@ -855,14 +946,19 @@ impl Engine {
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "two call sites; a struct would only rename them"
+    )]
     async fn settle(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         phase: usize,
         step: usize,
         step_id: Uuid,
         request: &Value,
         status: OperationStatus,
+        chain: &mut Chain,
     ) -> Result<(), EngineError> {
         let outcome = match status {
             OperationStatus::Running => return Ok(()),
@@ -874,19 +970,25 @@ impl Engine {
             }
             OperationStatus::Failed(message) => Err(message),
         };
-        self.fence(loaded)
+        self.fenced(chain, loaded)
             .await?
             .step_finished(phase, step, step_id, outcome)
             .await?;
         Ok(())
     }
 
-    async fn poll(&self, loaded: &Loaded, phase: usize, step: usize) -> Result<(), EngineError> {
+    async fn poll(
+        &self,
+        loaded: &Arc<Loaded>,
+        phase: usize,
+        step: usize,
+        chain: &mut Chain,
+    ) -> Result<(), EngineError> {
         let row = loaded.steps[&(phase, step)].clone();
         let spec = &loaded.plan.phases[phase].steps[step];
         let Some(component) = spec.component() else {
             // A wait step is due: it is done.
-            self.fence(loaded)
+            self.fenced(chain, loaded)
                 .await?
                 .step_finished(phase, step, row.id, Ok(json!({ "waited": true })))
                 .await?;
@@ -905,13 +1007,18 @@ impl Engine {
         metrics::histogram!("shipgate_provider_call_seconds", "provider" => target.provider.as_str(), "operation" => "poll")
             .record(started.elapsed().as_secs_f64());
         match status {
-            Ok(OperationStatus::Running) => self.fence(loaded).await?.step_polled(row.id).await?,
+            Ok(OperationStatus::Running) => {
+                self.fenced(chain, loaded)
+                    .await?
+                    .step_polled(row.id)
+                    .await?
+            }
             Ok(status) => {
-                self.settle(loaded, phase, step, row.id, &row.request, status)
+                self.settle(loaded, phase, step, row.id, &row.request, status, chain)
                     .await?
             }
             Err(ProviderError::Permanent(message)) => {
-                self.fence(loaded)
+                self.fenced(chain, loaded)
                     .await?
                     .step_finished(phase, step, row.id, Err(message))
                     .await?
@@ -925,14 +1032,23 @@ impl Engine {
             Err(ProviderError::Transient(message)) => {
                 metrics::counter!("shipgate_provider_calls_total", "provider" => target.provider.as_str(), "operation" => "poll", "outcome" => "error").increment(1);
                 debug!(rollout.id = %loaded.id, %message, "poll failed; will poll again");
-                self.fence(loaded).await?.step_polled(row.id).await?;
+                self.fenced(chain, loaded)
+                    .await?
+                    .step_polled(row.id)
+                    .await?;
             }
         }
         Ok(())
     }
 
     /// Takes one measurement of a gate and records it.
-    async fn check(&self, loaded: &Loaded, phase: usize, gate: usize) -> Result<(), EngineError> {
+    async fn check(
+        &self,
+        loaded: &Arc<Loaded>,
+        phase: usize,
+        gate: usize,
+        chain: &mut Chain,
+    ) -> Result<(), EngineError> {
         let spec = &loaded.plan.phases[phase].gates[gate];
         let (verdict, value, detail) = match spec {
             GateSpec::Health(health) => {
@@ -1017,7 +1133,7 @@ impl Engine {
             }
         };
         metrics::counter!("shipgate_gate_checks_total", "kind" => spec.kind(), "verdict" => verdict.as_str()).increment(1);
-        self.fence(loaded)
+        self.fenced(chain, loaded)
             .await?
             .record_check(phase, gate, verdict, value, detail)
             .await?;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use shipgate_domain::config::TargetSpec;
@@ -25,8 +27,8 @@ use crate::events::{self, Actor, Scope};
 use crate::line;
 use crate::policy::{self, Hold};
 use crate::releases::Release;
-use crate::rollouts::{self, finish_phases, notify, wake_queue};
-use crate::StoreError;
+use crate::rollouts::{self, finish_phases, wake_queue};
+use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
 
 fn interval(duration: Duration) -> f64 {
     duration.as_secs_f64()
@@ -225,7 +227,7 @@ struct ApprovalRecord {
 /// latest attempt of each step, the current phase's checks (the last 2,000 per gate) and the
 /// approvals, the lists as JSON (the engine loads a rollout before every action, so each
 /// round trip saved counts per transition).
-pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
+pub async fn load(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Loaded, StoreError> {
     let row = sqlx::query(
         "select r.id, r.app_id, a.name as app, r.environment_id, e.name as environment, r.version,
                 r.previous_release_id, r.kind::text as kind, r.state::text as state,
@@ -263,7 +265,7 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
           where r.id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
     let plan: Plan = serde_json::from_value(row.get("plan"))?;
@@ -426,39 +428,74 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Loaded, StoreError> {
     })
 }
 
-/// A fenced transaction on one rollout.
-pub struct Fenced<'a> {
-    tx: Transaction<'a, Postgres>,
-    loaded: &'a Loaded,
+/// A fenced transaction on one rollout. The engine records one transition or one outcome in
+/// it, or several in a row while none needs the outside world in between (a gate's check, the
+/// phase it passes, the next phase's start): every method writes without committing;
+/// [`Fenced::commit`] publishes them together, or [`Fenced::finish`] drops them if nothing but
+/// the fence was written.
+pub struct Fenced {
+    tx: Transaction<'static, Postgres>,
+    loaded: Arc<Loaded>,
     actor: Actor,
+    /// The rollout's version once this commits (the fence bumped it; holding the row, nothing
+    /// else can).
+    version: i64,
+    /// Whether anything besides the fence was written.
+    dirty: bool,
 }
 
-impl<'a> Fenced<'a> {
+impl Fenced {
     /// Opens a transaction that holds only if `owner` still leases the rollout and nobody changed
-    /// it since it was loaded.
-    pub async fn begin(pool: &PgPool, loaded: &'a Loaded, owner: &str) -> Result<Self, StoreError> {
+    /// it since it was loaded. The fence bumps the rollout's version and, in the same statement,
+    /// queues its change notification (delivered at commit, dropped with a rollback).
+    pub async fn begin(
+        pool: &PgPool,
+        loaded: Arc<Loaded>,
+        owner: &str,
+    ) -> Result<Self, StoreError> {
         let mut tx = pool.begin().await?;
-        let bumped = sqlx::query(
-            "update rollouts set version = version + 1, updated_at = now(), failed_ticks = 0
-              where id = $1 and version = $2 and lease_owner = $3 and lease_until > now()",
+        let bumped: Option<i64> = sqlx::query_scalar(
+            "with bumped as (
+                 update rollouts set version = version + 1, updated_at = now(), failed_ticks = 0
+                  where id = $1 and version = $2 and lease_owner = $3 and lease_until > now()
+                 returning id::text)
+             select count(*) from bumped, pg_notify($4, bumped.id) as wake,
+                                  pg_notify($5, bumped.id) as updates
+             having count(*) = 1",
         )
         .bind(loaded.id)
         .bind(loaded.version)
         .bind(owner)
-        .execute(&mut *tx)
+        .bind(WAKE_CHANNEL)
+        .bind(UPDATES_CHANNEL)
+        .fetch_optional(&mut *tx)
         .await?;
-        if bumped.rows_affected() != 1 {
+        if bumped.is_none() {
             return Err(StoreError::Fenced);
         }
         Ok(Fenced {
             tx,
+            version: loaded.version + 1,
             loaded,
             actor: Actor::engine(owner),
+            dirty: false,
         })
+    }
+
+    /// The rollout as this transaction sees it.
+    pub fn loaded(&self) -> &Arc<Loaded> {
+        &self.loaded
+    }
+
+    /// Reads the rollout again inside the transaction, with what it wrote so far.
+    pub async fn reload(&mut self) -> Result<Arc<Loaded>, StoreError> {
+        self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
+        Ok(Arc::clone(&self.loaded))
     }
 
     /// The connection, for writes of the caller's own.
     pub fn connection(&mut self) -> &mut PgConnection {
+        self.dirty = true;
         &mut self.tx
     }
 
@@ -472,15 +509,26 @@ impl<'a> Fenced<'a> {
 
     /// Appends an event about the rollout.
     pub async fn event(&mut self, action: &str, details: Value) -> Result<(), StoreError> {
+        self.dirty = true;
         let scope = self.scope();
         events::record(&mut *self.tx, scope, &self.actor, action, details).await
     }
 
-    /// Commits and publishes the change.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
-        notify(&mut self.tx, self.loaded.id).await?;
+    /// Commits and publishes the changes; returns the rollout's version.
+    pub async fn commit(self) -> Result<i64, StoreError> {
         self.tx.commit().await?;
-        Ok(())
+        Ok(self.version)
+    }
+
+    /// Commits when something was written, else rolls back (the fence alone changes nothing a
+    /// reader could see); returns the rollout's version afterwards.
+    pub async fn finish(self) -> Result<i64, StoreError> {
+        if self.dirty {
+            self.commit().await
+        } else {
+            self.tx.rollback().await?;
+            Ok(self.version - 1)
+        }
     }
 
     async fn set_state(
@@ -488,6 +536,7 @@ impl<'a> Fenced<'a> {
         state: RolloutState,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.dirty = true;
         let from = self.loaded.view.state;
         if from != state && !from.can_become(state) {
             return Err(StoreError::Corrupt(format!(
@@ -509,31 +558,33 @@ impl<'a> Fenced<'a> {
         Ok(())
     }
 
+    /// Moves a phase to `state`; returns how long it ran, once finished.
     async fn set_phase(
         &mut self,
         index: usize,
         state: PhaseState,
         reason: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<f64>, StoreError> {
+        self.dirty = true;
         let from = self.loaded.view.phases[index].state;
         if !from.can_become(state) {
             return Err(StoreError::Corrupt(format!(
                 "illegal phase transition {from} -> {state}"
             )));
         }
-        sqlx::query(
+        Ok(sqlx::query_scalar(
             "update phases set state = $2::phase_state, state_reason = coalesce($3, state_reason),
                     started_at = case when $2 = 'running' then now() else started_at end,
                     verifying_at = case when $2 = 'verifying' then now() else verifying_at end,
                     finished_at = case when $2 in ('succeeded', 'failed', 'skipped', 'aborted') then now() else finished_at end
-              where id = $1",
+              where id = $1
+             returning extract(epoch from finished_at - started_at)::float8",
         )
         .bind(self.loaded.phase_ids[index])
         .bind(state.as_str())
         .bind(reason)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        .fetch_one(&mut *self.tx)
+        .await?)
     }
 
     /// `queued` → the environment's first state, if the environment is free. Returns false when
@@ -599,13 +650,12 @@ impl<'a> Fenced<'a> {
 
     /// `pending_approval` → `in_progress`. Returns false, changing nothing, while the app's
     /// line is stopped (resuming the line wakes the rollout).
-    pub async fn start(mut self) -> Result<bool, StoreError> {
+    pub async fn start(&mut self) -> Result<bool, StoreError> {
         if self.line_stopped().await? {
             return Ok(false);
         }
         self.set_state(RolloutState::InProgress, None).await?;
         self.event("rollout.started", json!({})).await?;
-        self.commit().await?;
         Ok(true)
     }
 
@@ -623,7 +673,7 @@ impl<'a> Fenced<'a> {
     /// A phase starts its steps, unless a freeze window that began since the rollout started
     /// holds it ([`policy::hold`]): then only the rollout's reason changes (with an event, the
     /// first time) and the hold is returned. The next start after a hold lifts it.
-    pub async fn start_phase(mut self, index: usize) -> Result<Option<Hold>, StoreError> {
+    pub async fn start_phase(&mut self, index: usize) -> Result<Option<Hold>, StoreError> {
         let name = self.loaded.plan.phases[index].name.clone();
         // One read in the common case (no window covers the environment).
         let (overridden, trigger, reason, now, windows): (
@@ -668,7 +718,6 @@ impl<'a> Fenced<'a> {
                     json!({ "phase": name, "reason": hold.reason, "until": hold.until }),
                 )
                 .await?;
-                self.commit().await?;
             }
             return Ok(Some(hold));
         }
@@ -688,13 +737,12 @@ impl<'a> Fenced<'a> {
             .await?;
         self.event("phase.started", json!({ "phase": name, "index": index }))
             .await?;
-        self.commit().await?;
         Ok(None)
     }
 
     /// Records the intent of a step attempt before the provider is called.
     pub async fn record_intent(
-        mut self,
+        &mut self,
         phase: usize,
         step: usize,
         attempt: u32,
@@ -729,17 +777,17 @@ impl<'a> Fenced<'a> {
             json!({ "phase": phase, "step": spec.describe(), "attempt": attempt }),
         )
         .await?;
-        self.commit().await?;
         Ok((id, natural_key))
     }
 
     /// The provider accepted the step: store its reference.
     pub async fn step_submitted(
-        mut self,
+        &mut self,
         step_id: Uuid,
         provider_ref: &str,
         detail: Option<Value>,
     ) -> Result<(), StoreError> {
+        self.dirty = true;
         sqlx::query(
             "update step_runs set state = 'submitted', provider_ref = $2, submitted_at = now(),
                     result = coalesce($3, result)
@@ -750,23 +798,22 @@ impl<'a> Fenced<'a> {
         .bind(detail)
         .execute(&mut *self.tx)
         .await?;
-        self.commit().await
+        Ok(())
     }
 
     /// A poll found the operation still running.
-    pub async fn step_polled(mut self, step_id: Uuid) -> Result<(), StoreError> {
+    pub async fn step_polled(&mut self, step_id: Uuid) -> Result<(), StoreError> {
+        self.dirty = true;
         sqlx::query("update step_runs set last_polled_at = now() where id = $1")
             .bind(step_id)
             .execute(&mut *self.tx)
             .await?;
-        // The fence bumped the rollout's version: say so, as every change does (the API's
-        // rollout cache and long polls rely on it).
-        self.commit().await
+        Ok(())
     }
 
     /// The step settled. A succeeded deploy or rollback updates what runs in the environment.
     pub async fn step_finished(
-        mut self,
+        &mut self,
         phase: usize,
         step: usize,
         step_id: Uuid,
@@ -792,14 +839,10 @@ impl<'a> Fenced<'a> {
             if let Some(component) = spec.component() {
                 let kind = spec.kind();
                 if kind == "deploy" || kind == "rollback" {
-                    let provider_ref: Option<String> =
-                        sqlx::query_scalar("select provider_ref from step_runs where id = $1")
-                            .bind(step_id)
-                            .fetch_one(&mut *self.tx)
-                            .await?;
                     sqlx::query(
                         "insert into live_components (environment_id, component_id, release_id, rollout_id, provider_ref, since)
-                         select $1, c.id, $3, $4, $5, now() from components c where c.app_id = $2 and c.name = $6
+                         select $1, c.id, $3, $4, (select provider_ref from step_runs where id = $5), now()
+                           from components c where c.app_id = $2 and c.name = $6
                          on conflict (environment_id, component_id) do update
                             set release_id = excluded.release_id, rollout_id = excluded.rollout_id,
                                 provider_ref = excluded.provider_ref, since = excluded.since,
@@ -810,7 +853,7 @@ impl<'a> Fenced<'a> {
                     .bind(self.loaded.app_id)
                     .bind(self.loaded.release.id)
                     .bind(self.loaded.id)
-                    .bind(provider_ref)
+                    .bind(step_id)
                     .bind(component)
                     .execute(&mut *self.tx)
                     .await?;
@@ -829,7 +872,7 @@ impl<'a> Fenced<'a> {
             json!({ "phase": phase, "step": spec.describe(), "error": error }),
         )
         .await?;
-        self.commit().await
+        Ok(())
     }
 
     async fn record_config(
@@ -866,7 +909,7 @@ impl<'a> Fenced<'a> {
 
     /// A submitted step did not settle in time.
     pub async fn step_timed_out(
-        self,
+        &mut self,
         phase: usize,
         step: usize,
         step_id: Uuid,
@@ -882,7 +925,7 @@ impl<'a> Fenced<'a> {
     }
 
     /// A phase's steps are done: its gates start counting.
-    pub async fn verify(mut self, index: usize) -> Result<(), StoreError> {
+    pub async fn verify(&mut self, index: usize) -> Result<(), StoreError> {
         self.set_phase(index, PhaseState::Verifying, None).await?;
         self.event("phase.verifying", json!({ "index": index }))
             .await?;
@@ -908,18 +951,19 @@ impl<'a> Fenced<'a> {
             )
             .await?;
         }
-        self.commit().await
+        Ok(())
     }
 
     /// Records one gate measurement.
     pub async fn record_check(
-        mut self,
+        &mut self,
         phase: usize,
         gate: usize,
         verdict: Verdict,
         value: Option<f64>,
         detail: Value,
     ) -> Result<(), StoreError> {
+        self.dirty = true;
         let kind = self.loaded.plan.phases[phase].gates[gate].kind();
         sqlx::query(
             "insert into gate_checks (rollout_id, phase_id, gate_index, gate_kind, verdict, value, detail)
@@ -934,38 +978,31 @@ impl<'a> Fenced<'a> {
         .bind(detail)
         .execute(&mut *self.tx)
         .await?;
-        self.commit().await
+        Ok(())
     }
 
     /// A phase passed; returns how long it took, in seconds.
-    pub async fn phase_succeeded(mut self, index: usize) -> Result<Option<f64>, StoreError> {
-        self.set_phase(index, PhaseState::Succeeded, None).await?;
-        let seconds: Option<f64> = sqlx::query_scalar(
-            "select extract(epoch from finished_at - started_at)::float8 from phases where id = $1",
-        )
-        .bind(self.loaded.phase_ids[index])
-        .fetch_one(&mut *self.tx)
-        .await?;
+    pub async fn phase_succeeded(&mut self, index: usize) -> Result<Option<f64>, StoreError> {
+        let seconds = self.set_phase(index, PhaseState::Succeeded, None).await?;
         let name = self.loaded.plan.phases[index].name.clone();
         self.event(
             "phase.succeeded",
             json!({ "phase": name, "index": index, "seconds": seconds }),
         )
         .await?;
-        self.commit().await?;
         Ok(seconds)
     }
 
     /// The rollout pauses for a person.
-    pub async fn pause(mut self, reason: &str) -> Result<(), StoreError> {
+    pub async fn pause(&mut self, reason: &str) -> Result<(), StoreError> {
         self.set_state(RolloutState::Paused, Some(reason)).await?;
         self.event("rollout.paused", json!({ "reason": reason }))
             .await?;
-        self.commit().await
+        Ok(())
     }
 
     /// Every phase passed. A rollback that succeeds marks what it undid `rolled_back`.
-    pub async fn succeed(mut self) -> Result<(), StoreError> {
+    pub async fn succeed(&mut self) -> Result<(), StoreError> {
         self.set_state(RolloutState::Succeeded, None).await?;
         self.event(
             "rollout.succeeded",
@@ -976,11 +1013,11 @@ impl<'a> Fenced<'a> {
             self.finish_rollback(true, None).await?;
         }
         wake_queue(&mut self.tx, self.loaded.environment_id).await?;
-        self.commit().await
+        Ok(())
     }
 
     /// The rollout failed. A rollback that fails marks what it undid `rollback_failed`.
-    pub async fn fail(mut self, phase: Option<usize>, reason: &str) -> Result<(), StoreError> {
+    pub async fn fail(&mut self, phase: Option<usize>, reason: &str) -> Result<(), StoreError> {
         if let Some(index) = phase {
             if !self.loaded.view.phases[index].state.is_final() {
                 self.set_phase(index, PhaseState::Failed, Some(reason))
@@ -995,7 +1032,7 @@ impl<'a> Fenced<'a> {
             self.finish_rollback(false, Some(reason)).await?;
         }
         wake_queue(&mut self.tx, self.loaded.environment_id).await?;
-        self.commit().await
+        Ok(())
     }
 
     async fn finish_rollback(
@@ -1159,6 +1196,7 @@ pub async fn record_observation(
     .bind(drifted)
     .execute(&mut *tx)
     .await?;
+    rollouts::notify_environments(&mut tx).await?;
     if drifted && previous.as_deref() != observed_version {
         events::record(
             &mut *tx,

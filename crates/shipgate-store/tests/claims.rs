@@ -2,6 +2,7 @@
 //! a lapsed lease is claimable again, and a worker that lost its lease cannot write.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shipgate_domain::state::RolloutKind;
@@ -100,20 +101,20 @@ async fn a_lapsed_lease_moves_to_another_worker_and_fences_the_first() {
         .await
         .unwrap();
     assert_eq!(claimed, ids);
-    let loaded = engine::load(&db.pool, ids[0]).await.unwrap();
+    let loaded = Arc::new(engine::load(&db.pool, ids[0]).await.unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
     let taken = engine::claim_due(&db.pool, "survivor", Duration::from_secs(30), 10)
         .await
         .unwrap();
     assert_eq!(taken, ids, "the lapsed lease was claimed by another worker");
-    match Fenced::begin(&db.pool, &loaded, "crashed").await {
+    match Fenced::begin(&db.pool, Arc::clone(&loaded), "crashed").await {
         Err(StoreError::Fenced) => {}
         other => panic!(
             "the first worker could still write: {:?}",
             other.map(|_| ())
         ),
     }
-    assert!(Fenced::begin(&db.pool, &loaded, "survivor").await.is_ok());
+    assert!(Fenced::begin(&db.pool, loaded, "survivor").await.is_ok());
     db.drop_database().await.unwrap();
 }
 
@@ -124,7 +125,7 @@ async fn a_write_based_on_a_stale_read_is_refused() {
     engine::claim_due(&db.pool, "worker", Duration::from_secs(30), 10)
         .await
         .unwrap();
-    let stale = engine::load(&db.pool, ids[0]).await.unwrap();
+    let stale = Arc::new(engine::load(&db.pool, ids[0]).await.unwrap());
     rollouts::act(
         &db.pool,
         ids[0],
@@ -135,7 +136,7 @@ async fn a_write_based_on_a_stale_read_is_refused() {
     .await
     .unwrap();
     assert!(matches!(
-        Fenced::begin(&db.pool, &stale, "worker").await,
+        Fenced::begin(&db.pool, stale, "worker").await,
         Err(StoreError::Fenced)
     ));
     db.drop_database().await.unwrap();
