@@ -9,7 +9,10 @@
 //! Writes that need nothing from outside in between share one transaction (a tick's *chain*):
 //! a gate's check, the phase it passes and the next phase's start commit together. The chain
 //! commits before anything leaves the process (a provider call, a probe, a query) and before
-//! the rollout waits, so a crash loses only decisions the next worker makes again.
+//! the rollout waits, so a crash or an error loses only decisions the next worker makes again
+//! and answers it can ask for again (a poll, a probe). What a provider answered to a submit
+//! cannot be asked for again everywhere (not every platform can find an operation by its key),
+//! so it commits at once.
 
 pub mod notifier;
 
@@ -443,8 +446,17 @@ impl Engine {
             // and rolling back commit on their own (they may give up part-way).
             let joins = matches!(&decision, Decision::Transition(transition)
                 if !matches!(transition, Transition::Activate | Transition::RollBack { .. }));
+            let mut loaded = loaded;
             if !joins {
-                self.close(chain).await?;
+                // What is read on from here must carry the version the database now has (the
+                // chain's, or the one before it if it wrote nothing and rolled back).
+                if let Some(version) = self.close(chain).await? {
+                    if version != loaded.version {
+                        let mut committed = Loaded::clone(&loaded);
+                        committed.version = version;
+                        loaded = Arc::new(committed);
+                    }
+                }
             }
             match self.act(&loaded, decision, now, chain).await {
                 Ok(Some(wake_at)) => return Ok(wake_at),
@@ -926,13 +938,17 @@ impl Engine {
                     submitted.status,
                     chain,
                 )
-                .await
+                .await?;
+                // The provider's answer commits at once (see the module documentation).
+                self.close(chain).await?;
+                Ok(())
             }
             Err(ProviderError::Permanent(message)) => {
                 self.fenced(chain, loaded)
                     .await?
                     .step_finished(phase, step, step_id, Err(message))
                     .await?;
+                self.close(chain).await?;
                 Ok(())
             }
             Err(ProviderError::RateLimited(wait)) => Err(EngineError::Backoff {

@@ -708,6 +708,7 @@ impl Fenced {
         };
         if let Some(hold) = held {
             if reason.as_deref() != Some(hold.reason.as_str()) {
+                self.dirty = true;
                 sqlx::query("update rollouts set state_reason = $2 where id = $1")
                     .bind(self.loaded.id)
                     .bind(&hold.reason)
@@ -819,6 +820,7 @@ impl Fenced {
         step_id: Uuid,
         outcome: Result<Value, String>,
     ) -> Result<(), StoreError> {
+        self.dirty = true;
         let spec = self.loaded.plan.phases[phase].steps[step].clone();
         let (state, result, error) = match &outcome {
             Ok(result) => (StepState::Succeeded, Some(result.clone()), None),

@@ -226,6 +226,7 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
             json!({ "by": id }),
         )
         .await?;
+        notify(&mut *tx, old).await?;
     }
     notify(&mut *tx, id).await?;
     Ok(id)
