@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use shipgate_domain::config::TargetSpec;
@@ -482,21 +482,10 @@ impl Fenced {
         })
     }
 
-    /// The rollout as this transaction sees it.
-    pub fn loaded(&self) -> &Arc<Loaded> {
-        &self.loaded
-    }
-
     /// Reads the rollout again inside the transaction, with what it wrote so far.
     pub async fn reload(&mut self) -> Result<Arc<Loaded>, StoreError> {
         self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
         Ok(Arc::clone(&self.loaded))
-    }
-
-    /// The connection, for writes of the caller's own.
-    pub fn connection(&mut self) -> &mut PgConnection {
-        self.dirty = true;
-        &mut self.tx
     }
 
     fn scope(&self) -> Scope {
