@@ -223,6 +223,9 @@ struct ApprovalRecord {
     actor: String,
 }
 
+/// How many of a gate's latest checks [`load`] reads (enough for any window a gate decides on).
+const MAX_CHECKS: usize = 2000;
+
 /// Loads a rollout for a decision, in one statement: the rollout, its release, phases, the
 /// latest attempt of each step, the current phase's checks (the last 2,000 per gate) and the
 /// approvals, the lists as JSON (the engine loads a rollout before every action, so each
@@ -256,7 +259,7 @@ pub async fn load(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Loaded, Sto
                                         where p.rollout_id = r.id
                                           and p.state not in ('succeeded', 'skipped')
                                         order by p.position limit 1)) c
-                   where c.n <= 2000), '[]') as checks,
+                   where c.n <= $2), '[]') as checks,
                 coalesce((select jsonb_agg(jsonb_build_object(
                               'phase_id', ap.phase_id, 'gate_index', ap.gate_index,
                               'decision', ap.decision, 'comment', ap.comment, 'actor', ap.actor))
@@ -265,6 +268,7 @@ pub async fn load(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Loaded, Sto
           where r.id = $1",
     )
     .bind(id)
+    .bind(MAX_CHECKS as i64)
     .fetch_optional(executor)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
@@ -433,6 +437,12 @@ pub async fn load(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Loaded, Sto
 /// phase it passes, the next phase's start): every method writes without committing;
 /// [`Fenced::commit`] publishes them together, or [`Fenced::finish`] drops them if nothing but
 /// the fence was written.
+///
+/// Between decisions the chain does not read the rollout again: each method applies to its copy
+/// of [`Loaded`] what it wrote (the fence holds the rollout's row, so nobody else changes what
+/// the engine decides on), and [`Fenced::reload`] hands that copy out. A write whose effect on
+/// the copy is not worked out here marks it stale, and the next reload reads the database. In
+/// debug builds (every test) each reload also reads the database and checks the copy against it.
 pub struct Fenced {
     tx: Transaction<'static, Postgres>,
     loaded: Arc<Loaded>,
@@ -442,6 +452,17 @@ pub struct Fenced {
     version: i64,
     /// Whether anything besides the fence was written.
     dirty: bool,
+    /// The transaction's `now()`: what every timestamp it writes holds.
+    now: DateTime<Utc>,
+    /// Whether `loaded` misses something written since it was read.
+    stale: bool,
+}
+
+/// The phase whose gate checks [`load`] reads: the first one not passed or skipped.
+fn current_phase(view: &RolloutView) -> Option<usize> {
+    view.phases
+        .iter()
+        .position(|p| !matches!(p.state, PhaseState::Succeeded | PhaseState::Skipped))
 }
 
 impl Fenced {
@@ -454,13 +475,13 @@ impl Fenced {
         owner: &str,
     ) -> Result<Self, StoreError> {
         let mut tx = pool.begin().await?;
-        let bumped: Option<i64> = sqlx::query_scalar(
+        let bumped: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
             "with bumped as (
                  update rollouts set version = version + 1, updated_at = now(), failed_ticks = 0
                   where id = $1 and version = $2 and lease_owner = $3 and lease_until > now()
                  returning id::text)
-             select count(*) from bumped, pg_notify($4, bumped.id) as wake,
-                                  pg_notify($5, bumped.id) as updates
+             select count(*), now() from bumped, pg_notify($4, bumped.id) as wake,
+                                            pg_notify($5, bumped.id) as updates
              having count(*) = 1",
         )
         .bind(loaded.id)
@@ -470,22 +491,86 @@ impl Fenced {
         .bind(UPDATES_CHANNEL)
         .fetch_optional(&mut *tx)
         .await?;
-        if bumped.is_none() {
+        let Some((_, now)) = bumped else {
             return Err(StoreError::Fenced);
-        }
+        };
         Ok(Fenced {
             tx,
             version: loaded.version + 1,
             loaded,
             actor: Actor::engine(owner),
             dirty: false,
+            now,
+            stale: false,
         })
     }
 
-    /// Reads the rollout again inside the transaction, with what it wrote so far.
+    /// The rollout as it stands inside the transaction, with what it wrote so far: the copy
+    /// kept up to date by the writes, or read again if a write marked it stale.
     pub async fn reload(&mut self) -> Result<Arc<Loaded>, StoreError> {
-        self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
+        if self.stale {
+            self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
+            self.stale = false;
+            return Ok(Arc::clone(&self.loaded));
+        }
+        if self.loaded.version != self.version {
+            Arc::make_mut(&mut self.loaded).version = self.version;
+        }
+        #[cfg(debug_assertions)]
+        {
+            let read = load(&mut *self.tx, self.loaded.id).await?;
+            let kept = &self.loaded;
+            let same = read.version == kept.version
+                && read.view == kept.view
+                && read.phase_ids == kept.phase_ids
+                && format!("{:?}", read.steps) == format!("{:?}", kept.steps);
+            assert!(
+                same,
+                "the chain's copy of rollout {} drifted from the database:\n kept {:#?}\n read {:#?}",
+                kept.id,
+                (kept.version, &kept.view, &kept.steps),
+                (read.version, &read.view, &read.steps)
+            );
+        }
         Ok(Arc::clone(&self.loaded))
+    }
+
+    /// The copy of the rollout, to apply a write to.
+    fn mirror(&mut self) -> &mut Loaded {
+        Arc::make_mut(&mut self.loaded)
+    }
+
+    /// Applies a phase's new state to the copy. When another phase becomes the current one,
+    /// the one before loses its checks (only the current phase's are read) and, unless the new
+    /// one never ran (it has none), the copy is stale.
+    fn mirror_phase(&mut self, index: usize, state: PhaseState) {
+        let now = self.now;
+        let view = &mut self.mirror().view;
+        let before = current_phase(view);
+        view.phases[index].state = state;
+        if state == PhaseState::Verifying {
+            view.phases[index].verifying_at = Some(now);
+        }
+        let after = current_phase(view);
+        if before == after {
+            return;
+        }
+        if let Some(before) = before {
+            for gate in &mut view.phases[before].gates {
+                gate.checks.clear();
+            }
+        }
+        if after.is_some_and(|after| view.phases[after].state != PhaseState::Pending) {
+            self.stale = true;
+        }
+    }
+
+    /// The step with this id in the copy, if the copy has it as its latest attempt.
+    fn mirrored_step(&mut self, step_id: Uuid) -> Option<(&mut StepRow, &mut StepView)> {
+        let loaded = self.mirror();
+        let (&(phase, step), row) = loaded.steps.iter_mut().find(|(_, row)| row.id == step_id)?;
+        let view = loaded.view.phases[phase].steps[step].as_mut()?;
+        Some((row, view))
     }
 
     fn scope(&self) -> Scope {
@@ -544,6 +629,7 @@ impl Fenced {
         .bind(reason)
         .execute(&mut *self.tx)
         .await?;
+        self.mirror().view.state = state;
         Ok(())
     }
 
@@ -561,7 +647,7 @@ impl Fenced {
                 "illegal phase transition {from} -> {state}"
             )));
         }
-        Ok(sqlx::query_scalar(
+        let seconds = sqlx::query_scalar(
             "update phases set state = $2::phase_state, state_reason = coalesce($3, state_reason),
                     started_at = case when $2 = 'running' then now() else started_at end,
                     verifying_at = case when $2 = 'verifying' then now() else verifying_at end,
@@ -573,7 +659,9 @@ impl Fenced {
         .bind(state.as_str())
         .bind(reason)
         .fetch_one(&mut *self.tx)
-        .await?)
+        .await?;
+        self.mirror_phase(index, state);
+        Ok(seconds)
     }
 
     /// `queued` → the environment's first state, if the environment is free. Returns false when
@@ -762,6 +850,7 @@ impl Fenced {
         .bind(request)
         .execute(&mut *self.tx)
         .await?;
+        self.stale = true;
         self.event(
             "step.started",
             json!({ "phase": phase, "step": spec.describe(), "attempt": attempt }),
@@ -788,6 +877,17 @@ impl Fenced {
         .bind(detail)
         .execute(&mut *self.tx)
         .await?;
+        let now = self.now;
+        match self.mirrored_step(step_id) {
+            Some((row, view)) => {
+                if view.state == StepState::Pending {
+                    row.provider_ref = Some(provider_ref.to_owned());
+                    view.state = StepState::Submitted;
+                    view.submitted_at = Some(now);
+                }
+            }
+            None => self.stale = true,
+        }
         Ok(())
     }
 
@@ -798,6 +898,11 @@ impl Fenced {
             .bind(step_id)
             .execute(&mut *self.tx)
             .await?;
+        let now = self.now;
+        match self.mirrored_step(step_id) {
+            Some((_, view)) => view.last_polled_at = Some(now),
+            None => self.stale = true,
+        }
         Ok(())
     }
 
@@ -826,6 +931,18 @@ impl Fenced {
         .bind(&error)
         .execute(&mut *self.tx)
         .await?;
+        let now = self.now;
+        match self.mirrored_step(step_id) {
+            Some((_, view)) => {
+                if matches!(view.state, StepState::Pending | StepState::Submitted) {
+                    view.state = state;
+                    view.error = error.clone();
+                    view.finished_at = Some(now);
+                    view.submitted_at = view.submitted_at.or(Some(now));
+                }
+            }
+            None => self.stale = true,
+        }
         if state == StepState::Succeeded {
             if let Some(component) = spec.component() {
                 let kind = spec.kind();
@@ -966,9 +1083,29 @@ impl Fenced {
         .bind(kind)
         .bind(verdict.as_str())
         .bind(value.filter(|v| v.is_finite()))
-        .bind(detail)
+        .bind(&detail)
         .execute(&mut *self.tx)
         .await?;
+        let check = CheckView {
+            verdict,
+            at: self.now,
+            overridden: detail.get("override").and_then(Value::as_bool) == Some(true),
+            summary: detail
+                .get("summary")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            reading: Reading::parse(detail.get("reading").and_then(Value::as_str)),
+        };
+        let view = &mut self.mirror().view;
+        if current_phase(view) == Some(phase) {
+            let checks = &mut view.phases[phase].gates[gate].checks;
+            checks.push(check);
+            // As [`load`] reads them: the last 2,000 per gate.
+            if checks.len() > MAX_CHECKS {
+                checks.drain(..checks.len() - MAX_CHECKS);
+            }
+        }
         Ok(())
     }
 
@@ -1004,6 +1141,7 @@ impl Fenced {
             self.finish_rollback(true, None).await?;
         }
         wake_queue(&mut self.tx, self.loaded.environment_id).await?;
+        self.stale = true;
         Ok(())
     }
 
@@ -1016,6 +1154,7 @@ impl Fenced {
             }
         }
         finish_phases(&mut self.tx, self.loaded.id).await?;
+        self.stale = true;
         self.set_state(RolloutState::Failed, Some(reason)).await?;
         self.event("rollout.failed", json!({ "reason": reason }))
             .await?;
