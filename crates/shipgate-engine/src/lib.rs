@@ -13,6 +13,11 @@
 //! and answers it can ask for again (a poll, a probe). What a provider answered to a submit
 //! cannot be asked for again everywhere (not every platform can find an operation by its key),
 //! so it commits at once.
+//!
+//! A drive reads its rollout once. From there each write applies to the engine's copy what it
+//! wrote (see [`Fenced`]), and the copy a committed chain leaves is what the next decision
+//! starts from. Anyone else who changes the rollout bumps its version, so the next fence fails
+//! and the engine reads again; what a stale copy can cost is a read-only call (a poll, a probe).
 
 pub mod notifier;
 
@@ -88,9 +93,15 @@ pub enum EngineError {
     },
 }
 
-/// The transaction a tick keeps open while its writes need nothing from outside (see the
-/// module documentation).
-type Chain = Option<Fenced>;
+/// The transaction a tick keeps open while its writes need nothing from outside, and the copy
+/// of the rollout the last one committed (see the module documentation).
+#[derive(Default)]
+struct Chain {
+    open: Option<Fenced>,
+    /// What the last committed chain left, when its copy was complete; taken by the next
+    /// decision, dropped by anything that commits without it.
+    committed: Option<Arc<Loaded>>,
+}
 
 /// The engine of one replica.
 pub struct Engine {
@@ -417,7 +428,7 @@ impl Engine {
         id: Uuid,
         seen_version: &mut i64,
     ) -> Result<chrono::DateTime<Utc>, EngineError> {
-        let mut chain = None;
+        let mut chain = Chain::default();
         // On an error the open chain is dropped, which rolls it back.
         let wake_at = self.decide_and_act(id, seen_version, &mut chain).await?;
         if let Some(version) = self.close(&mut chain).await? {
@@ -433,9 +444,13 @@ impl Engine {
         chain: &mut Chain,
     ) -> Result<chrono::DateTime<Utc>, EngineError> {
         for _ in 0..500 {
-            let loaded = match chain.as_mut() {
-                Some(open) => open.reload().await?,
-                None => Arc::new(store::load(&self.pool, id).await?),
+            let loaded = match (chain.open.as_mut(), chain.committed.take()) {
+                (Some(open), _) => open.reload().await?,
+                (None, Some(copy)) => {
+                    Fenced::check_copy(&self.pool, &copy).await?;
+                    copy
+                }
+                (None, None) => Arc::new(store::load(&self.pool, id).await?),
             };
             *seen_version = loaded.version;
             let now = Utc::now();
@@ -457,6 +472,8 @@ impl Engine {
                         loaded = Arc::new(committed);
                     }
                 }
+                // `loaded` is that copy; what acting commits leaves its own.
+                chain.committed = None;
             }
             match self.act(&loaded, decision, now, chain).await {
                 Ok(Some(wake_at)) => return Ok(wake_at),
@@ -465,7 +482,10 @@ impl Engine {
                 // a wake-up): read again, as long as the rollout is still ours. Only opening a
                 // chain is fenced, so no chain is open here.
                 Err(EngineError::Store(StoreError::Fenced))
-                    if store::holds_lease(&self.pool, id, &self.config.replica).await? => {}
+                    if store::holds_lease(&self.pool, id, &self.config.replica).await? =>
+                {
+                    chain.committed = None;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -479,21 +499,30 @@ impl Engine {
         chain: &'c mut Chain,
         loaded: &Arc<Loaded>,
     ) -> Result<&'c mut Fenced, StoreError> {
-        if chain.is_none() {
+        if chain.open.is_none() {
             let opened =
                 Fenced::begin(&self.pool, Arc::clone(loaded), &self.config.replica).await?;
-            *chain = Some(opened);
+            chain.open = Some(opened);
         }
-        Ok(chain.as_mut().expect("opened above"))
+        Ok(chain.open.as_mut().expect("opened above"))
     }
 
-    /// Commits what the chain wrote (or drops a chain that wrote nothing but its fence);
-    /// returns the rollout's version afterwards, if a chain was open.
+    /// Commits what the chain wrote (or drops a chain that wrote nothing but its fence), keeping
+    /// its copy of the rollout for the next decision; returns the rollout's version afterwards,
+    /// if a chain was open.
     async fn close(&self, chain: &mut Chain) -> Result<Option<i64>, StoreError> {
-        match chain.take() {
-            Some(open) => Ok(Some(open.finish().await?)),
-            None => Ok(None),
-        }
+        let Some(mut open) = chain.open.take() else {
+            return Ok(None);
+        };
+        let copy = open.copy();
+        let version = open.finish().await?;
+        chain.committed = copy.map(|mut copy| {
+            if copy.version != version {
+                Arc::make_mut(&mut copy).version = version;
+            }
+            copy
+        });
+        Ok(Some(version))
     }
 
     /// Performs one decision; returns when the rollout is next due if it has nothing to do now.
@@ -779,11 +808,14 @@ impl Engine {
         let request = self.request(loaded, phase, step).await?;
         let mut intent = self.fence(loaded).await?;
         let (step_id, natural_key) = intent.record_intent(phase, step, attempt, &request).await?;
+        let copy = intent.copy();
         // Durable before the provider hears of it.
         let version = intent.commit().await?;
-        let mut after = Loaded::clone(loaded);
-        after.version = version;
-        let after = Arc::new(after);
+        let after = copy.unwrap_or_else(|| {
+            let mut after = Loaded::clone(loaded);
+            after.version = version;
+            Arc::new(after)
+        });
         self.call_provider(
             &after,
             phase,

@@ -29,6 +29,7 @@ use crate::policy::{self, Hold};
 use crate::releases::Release;
 use crate::rollouts::{self, finish_phases, wake_queue};
 use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
+use shipgate_domain::notification::NotificationEvent;
 
 fn interval(duration: Duration) -> f64 {
     duration.as_secs_f64()
@@ -456,6 +457,8 @@ pub struct Fenced {
     now: DateTime<Utc>,
     /// Whether `loaded` misses something written since it was read.
     stale: bool,
+    /// Events not written yet (see [`Fenced::event`]).
+    events: Vec<(String, Value)>,
 }
 
 /// The phase whose gate checks [`load`] reads: the first one not passed or skipped.
@@ -502,6 +505,7 @@ impl Fenced {
             dirty: false,
             now,
             stale: false,
+            events: Vec::new(),
         })
     }
 
@@ -516,14 +520,34 @@ impl Fenced {
         if self.loaded.version != self.version {
             Arc::make_mut(&mut self.loaded).version = self.version;
         }
-        #[cfg(debug_assertions)]
-        {
-            let read = load(&mut *self.tx, self.loaded.id).await?;
-            let kept = &self.loaded;
-            let same = read.version == kept.version
-                && read.view == kept.view
-                && read.phase_ids == kept.phase_ids
-                && format!("{:?}", read.steps) == format!("{:?}", kept.steps);
+        Self::check_copy(&mut *self.tx, &self.loaded).await?;
+        Ok(Arc::clone(&self.loaded))
+    }
+
+    /// The chain's copy of the rollout as the database holds it once this commits; none if a
+    /// write left it stale.
+    pub fn copy(&mut self) -> Option<Arc<Loaded>> {
+        if self.stale {
+            return None;
+        }
+        if self.loaded.version != self.version {
+            Arc::make_mut(&mut self.loaded).version = self.version;
+        }
+        Some(Arc::clone(&self.loaded))
+    }
+
+    /// Checks a copy against the database (debug builds; every test): unless someone changed
+    /// the rollout since (its version moved on), they must be equal.
+    pub async fn check_copy(
+        executor: impl PgExecutor<'_>,
+        kept: &Loaded,
+    ) -> Result<(), StoreError> {
+        if cfg!(debug_assertions) {
+            let read = load(executor, kept.id).await?;
+            let same = read.version != kept.version
+                || (read.view == kept.view
+                    && read.phase_ids == kept.phase_ids
+                    && format!("{:?}", read.steps) == format!("{:?}", kept.steps));
             assert!(
                 same,
                 "the chain's copy of rollout {} drifted from the database:\n kept {:#?}\n read {:#?}",
@@ -532,7 +556,7 @@ impl Fenced {
                 (read.version, &read.view, &read.steps)
             );
         }
-        Ok(Arc::clone(&self.loaded))
+        Ok(())
     }
 
     /// The copy of the rollout, to apply a write to.
@@ -581,15 +605,33 @@ impl Fenced {
         }
     }
 
-    /// Appends an event about the rollout.
+    /// Appends an event about the rollout. Plain events wait and go in with the next one that
+    /// announces a notification, or at commit, in one statement; the order stays as recorded.
     pub async fn event(&mut self, action: &str, details: Value) -> Result<(), StoreError> {
         self.dirty = true;
+        if NotificationEvent::from_action(action, &details).is_none() {
+            self.events.push((action.to_owned(), details));
+            return Ok(());
+        }
+        self.flush_events().await?;
         let scope = self.scope();
         events::record(&mut *self.tx, scope, &self.actor, action, details).await
     }
 
+    /// Writes the events waiting in [`Fenced::event`]; before anything else that may record
+    /// events in this transaction, and at commit.
+    async fn flush_events(&mut self) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let (actions, details): (Vec<String>, Vec<Value>) = self.events.drain(..).unzip();
+        let scope = self.scope();
+        events::record_plain(&mut *self.tx, scope, &self.actor, &actions, &details).await
+    }
+
     /// Commits and publishes the changes; returns the rollout's version.
-    pub async fn commit(self) -> Result<i64, StoreError> {
+    pub async fn commit(mut self) -> Result<i64, StoreError> {
+        self.flush_events().await?;
         self.tx.commit().await?;
         Ok(self.version)
     }
@@ -647,8 +689,11 @@ impl Fenced {
                 "illegal phase transition {from} -> {state}"
             )));
         }
+        // A phase that starts becomes the rollout's current one in the same statement.
         let seconds = sqlx::query_scalar(
-            "update phases set state = $2::phase_state, state_reason = coalesce($3, state_reason),
+            "with current as (update rollouts set current_phase = $5
+                               where id = $4 and $2 = 'running')
+             update phases set state = $2::phase_state, state_reason = coalesce($3, state_reason),
                     started_at = case when $2 = 'running' then now() else started_at end,
                     verifying_at = case when $2 = 'verifying' then now() else verifying_at end,
                     finished_at = case when $2 in ('succeeded', 'failed', 'skipped', 'aborted') then now() else finished_at end
@@ -658,6 +703,8 @@ impl Fenced {
         .bind(self.loaded.phase_ids[index])
         .bind(state.as_str())
         .bind(reason)
+        .bind(self.loaded.id)
+        .bind(index as i32)
         .fetch_one(&mut *self.tx)
         .await?;
         self.mirror_phase(index, state);
@@ -808,11 +855,6 @@ impl Fenced {
                 .await?;
         }
         self.set_phase(index, PhaseState::Running, None).await?;
-        sqlx::query("update rollouts set current_phase = $2 where id = $1")
-            .bind(self.loaded.id)
-            .bind(index as i32)
-            .execute(&mut *self.tx)
-            .await?;
         self.event("phase.started", json!({ "phase": name, "index": index }))
             .await?;
         Ok(None)
@@ -850,10 +892,31 @@ impl Fenced {
         .bind(request)
         .execute(&mut *self.tx)
         .await?;
-        self.stale = true;
+        let describe = spec.describe();
+        let now = self.now;
+        let loaded = self.mirror();
+        loaded.steps.insert(
+            (phase, step),
+            StepRow {
+                id,
+                attempt: attempt as i32,
+                natural_key: natural_key.clone(),
+                provider_ref: None,
+                request: request.clone(),
+            },
+        );
+        loaded.view.phases[phase].steps[step] = Some(StepView {
+            attempt,
+            state: StepState::Pending,
+            created_at: now,
+            submitted_at: None,
+            last_polled_at: None,
+            finished_at: None,
+            error: None,
+        });
         self.event(
             "step.started",
-            json!({ "phase": phase, "step": spec.describe(), "attempt": attempt }),
+            json!({ "phase": phase, "step": describe, "attempt": attempt }),
         )
         .await?;
         Ok((id, natural_key))
@@ -1175,6 +1238,7 @@ impl Fenced {
             None => format!("rolled back to {}", self.loaded.release.version),
         };
         let actor = self.actor.clone();
+        self.flush_events().await?;
         rollouts::finish_undone(&mut self.tx, self.loaded.id, restored, &reason, &actor).await?;
         self.event(
             if restored {
@@ -1202,6 +1266,7 @@ impl Fenced {
             crate::apps::environment(&mut *self.tx, &self.loaded.app, &self.loaded.environment)
                 .await?;
         let actor = self.actor.clone();
+        self.flush_events().await?;
         let rollback_id = rollouts::rollback_in(
             &mut self.tx,
             &environment,

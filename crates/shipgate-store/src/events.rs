@@ -102,6 +102,32 @@ pub async fn record(
     Ok(())
 }
 
+/// Appends events that announce nothing, in one statement, in the order given.
+pub async fn record_plain(
+    executor: impl PgExecutor<'_>,
+    scope: Scope,
+    actor: &Actor,
+    actions: &[String],
+    details: &[Value],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into events (app_id, environment_id, rollout_id, actor_kind, actor, action, details)
+         select $1, $2, $3, $4, $5, e.action, e.details
+           from unnest($6::text[], $7::jsonb[]) with ordinality as e(action, details, n)
+          order by e.n",
+    )
+    .bind(scope.app_id)
+    .bind(scope.environment_id)
+    .bind(scope.rollout_id)
+    .bind(actor.kind)
+    .bind(&actor.name)
+    .bind(actions)
+    .bind(details)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// One audit record.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
