@@ -458,9 +458,19 @@ impl Engine {
             debug!(rollout.id = %id, ?decision, "decided");
             // Transitions join the chain; anything else may ask the outside world, or read on
             // another connection what the chain wrote, so the chain commits first. Activating
-            // and rolling back commit on their own (they may give up part-way).
-            let joins = matches!(&decision, Decision::Transition(transition)
-                if !matches!(transition, Transition::Activate | Transition::RollBack { .. }));
+            // and rolling back commit on their own (they may give up part-way). A step whose
+            // request needs no query records its intent in the chain, which then commits
+            // before the provider is called.
+            let joins = match &decision {
+                Decision::Transition(transition) => !matches!(
+                    transition,
+                    Transition::Activate | Transition::RollBack { .. }
+                ),
+                Decision::Submit { phase, step, .. } => {
+                    !Self::request_reads(&loaded.plan.phases[*phase].steps[*step])
+                }
+                _ => false,
+            };
             let mut loaded = loaded;
             if !joins {
                 // What is read on from here must carry the version the database now has (the
@@ -792,6 +802,12 @@ impl Engine {
         Ok(request)
     }
 
+    /// Whether [`Engine::request`] reads the database for this step (what the chain wrote
+    /// must be committed first then).
+    fn request_reads(spec: &StepSpec) -> bool {
+        matches!(spec, StepSpec::Rollback { .. } | StepSpec::Config { .. })
+    }
+
     fn step_request(value: &Value) -> Option<StepRequest> {
         serde_json::from_value(value.clone()).ok()
     }
@@ -806,12 +822,14 @@ impl Engine {
         chain: &mut Chain,
     ) -> Result<(), EngineError> {
         let request = self.request(loaded, phase, step).await?;
-        let mut intent = self.fence(loaded).await?;
-        let (step_id, natural_key) = intent.record_intent(phase, step, attempt, &request).await?;
-        let copy = intent.copy();
-        // Durable before the provider hears of it.
-        let version = intent.commit().await?;
-        let after = copy.unwrap_or_else(|| {
+        let (step_id, natural_key) = self
+            .fenced(chain, loaded)
+            .await?
+            .record_intent(phase, step, attempt, &request)
+            .await?;
+        // Durable before the provider hears of it, with what the chain wrote before it.
+        let version = self.close(chain).await?.unwrap_or(loaded.version);
+        let after = chain.committed.take().unwrap_or_else(|| {
             let mut after = Loaded::clone(loaded);
             after.version = version;
             Arc::new(after)
