@@ -805,7 +805,14 @@ impl Engine {
     /// Whether [`Engine::request`] reads the database for this step (what the chain wrote
     /// must be committed first then).
     fn request_reads(spec: &StepSpec) -> bool {
-        matches!(spec, StepSpec::Rollback { .. } | StepSpec::Config { .. })
+        // Every kind named, so a new one is decided here rather than joining by default.
+        match spec {
+            StepSpec::Rollback { .. } | StepSpec::Config { .. } => true,
+            StepSpec::Deploy { .. }
+            | StepSpec::Traffic { .. }
+            | StepSpec::Job { .. }
+            | StepSpec::Wait { .. } => false,
+        }
     }
 
     fn step_request(value: &Value) -> Option<StepRequest> {
