@@ -476,11 +476,7 @@ impl Engine {
                 // What is read on from here must carry the version the database now has (the
                 // chain's, or the one before it if it wrote nothing and rolled back).
                 if let Some(version) = self.close(chain).await? {
-                    if version != loaded.version {
-                        let mut committed = Loaded::clone(&loaded);
-                        committed.version = version;
-                        loaded = Arc::new(committed);
-                    }
+                    loaded = store::at_version(loaded, version);
                 }
                 // `loaded` is that copy; what acting commits leaves its own.
                 chain.committed = None;
@@ -526,12 +522,7 @@ impl Engine {
         };
         let copy = open.copy();
         let version = open.finish().await?;
-        chain.committed = copy.map(|mut copy| {
-            if copy.version != version {
-                Arc::make_mut(&mut copy).version = version;
-            }
-            copy
-        });
+        chain.committed = copy.map(|copy| store::at_version(copy, version));
         Ok(Some(version))
     }
 
@@ -836,11 +827,10 @@ impl Engine {
             .await?;
         // Durable before the provider hears of it, with what the chain wrote before it.
         let version = self.close(chain).await?.unwrap_or(loaded.version);
-        let after = chain.committed.take().unwrap_or_else(|| {
-            let mut after = Loaded::clone(loaded);
-            after.version = version;
-            Arc::new(after)
-        });
+        let after = chain
+            .committed
+            .take()
+            .unwrap_or_else(|| store::at_version(Arc::clone(loaded), version));
         self.call_provider(
             &after,
             phase,

@@ -131,7 +131,7 @@ pub async fn count_failed_tick(pool: &PgPool, id: Uuid) -> Result<i32, StoreErro
 }
 
 /// The latest attempt of one step, with what the engine needs to call the provider.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepRow {
     /// Id.
     pub id: Uuid,
@@ -222,6 +222,29 @@ struct ApprovalRecord {
     decision: String,
     comment: Option<String>,
     actor: String,
+}
+
+/// A recorded gate check as the domain sees it.
+fn check_view(verdict: Verdict, at: DateTime<Utc>, detail: &Value) -> CheckView {
+    CheckView {
+        verdict,
+        at,
+        overridden: detail.get("override").and_then(Value::as_bool) == Some(true),
+        summary: detail
+            .get("summary")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        reading: Reading::parse(detail.get("reading").and_then(Value::as_str)),
+    }
+}
+
+/// `loaded` as of `version` (the same rollout after a commit, or a rolled-back fence).
+pub fn at_version(mut loaded: Arc<Loaded>, version: i64) -> Arc<Loaded> {
+    if loaded.version != version {
+        Arc::make_mut(&mut loaded).version = version;
+    }
+    loaded
 }
 
 /// How many of a gate's latest checks [`load`] reads (enough for any window a gate decides on).
@@ -336,21 +359,12 @@ pub async fn load(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Loaded, Sto
                 let Some(gate) = gates.get_mut(check.gate_index as usize) else {
                     continue;
                 };
-                gate.checks.push(CheckView {
-                    verdict: check
-                        .verdict
-                        .parse::<Verdict>()
-                        .map_err(StoreError::Corrupt)?,
-                    at: check.checked_at,
-                    overridden: check.detail.get("override").and_then(Value::as_bool) == Some(true),
-                    summary: check
-                        .detail
-                        .get("summary")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    reading: Reading::parse(check.detail.get("reading").and_then(Value::as_str)),
-                });
+                let verdict = check
+                    .verdict
+                    .parse::<Verdict>()
+                    .map_err(StoreError::Corrupt)?;
+                gate.checks
+                    .push(check_view(verdict, check.checked_at, &check.detail));
             }
         }
         for approval in approval_rows
@@ -512,16 +526,17 @@ impl Fenced {
     /// The rollout as it stands inside the transaction, with what it wrote so far: the copy
     /// kept up to date by the writes, or read again if a write marked it stale.
     pub async fn reload(&mut self) -> Result<Arc<Loaded>, StoreError> {
-        if self.stale {
-            self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
-            self.stale = false;
-            return Ok(Arc::clone(&self.loaded));
+        match self.copy() {
+            Some(copy) => {
+                Self::check_copy(&mut *self.tx, &copy).await?;
+                Ok(copy)
+            }
+            None => {
+                self.loaded = Arc::new(load(&mut *self.tx, self.loaded.id).await?);
+                self.stale = false;
+                Ok(Arc::clone(&self.loaded))
+            }
         }
-        if self.loaded.version != self.version {
-            Arc::make_mut(&mut self.loaded).version = self.version;
-        }
-        Self::check_copy(&mut *self.tx, &self.loaded).await?;
-        Ok(Arc::clone(&self.loaded))
     }
 
     /// The chain's copy of the rollout as the database holds it once this commits; none if a
@@ -530,9 +545,7 @@ impl Fenced {
         if self.stale {
             return None;
         }
-        if self.loaded.version != self.version {
-            Arc::make_mut(&mut self.loaded).version = self.version;
-        }
+        self.loaded = at_version(Arc::clone(&self.loaded), self.version);
         Some(Arc::clone(&self.loaded))
     }
 
@@ -553,7 +566,7 @@ impl Fenced {
             let same = read.version != kept.version
                 || (read.view == view
                     && read.phase_ids == kept.phase_ids
-                    && format!("{:?}", read.steps) == format!("{:?}", kept.steps));
+                    && read.steps == kept.steps);
             assert!(
                 same,
                 "the chain's copy of rollout {} drifted from the database:\n kept {:#?}\n read {:#?}",
@@ -1155,17 +1168,7 @@ impl Fenced {
         .bind(&detail)
         .execute(&mut *self.tx)
         .await?;
-        let check = CheckView {
-            verdict,
-            at: self.now,
-            overridden: detail.get("override").and_then(Value::as_bool) == Some(true),
-            summary: detail
-                .get("summary")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            reading: Reading::parse(detail.get("reading").and_then(Value::as_str)),
-        };
+        let check = check_view(verdict, self.now, &detail);
         let view = &mut self.mirror().view;
         if current_phase(view) == Some(phase) {
             let checks = &mut view.phases[phase].gates[gate].checks;
