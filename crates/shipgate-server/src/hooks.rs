@@ -799,10 +799,6 @@ fn digest(body: &[u8]) -> String {
         .collect()
 }
 
-async fn spec_of(state: &AppState, app: &str) -> Result<AppSpec, HookError> {
-    Ok(apps::get(&state.pool, app).await?.spec)
-}
-
 fn parse_payload<T: serde::de::DeserializeOwned>(json: &[u8], what: &str) -> Result<T, HookError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -958,7 +954,7 @@ async fn receive_github(
         },
         "push" => {
             let push: GithubPush = parse_payload(&json, "GitHub push")?;
-            work_for_push(&spec_of(state, &app.name).await?, &push.into())
+            work_for_push(&app.spec()?, &push.into())
         }
         other => Work::Record {
             verdict: Verdict::Ignored,
@@ -1057,7 +1053,7 @@ async fn receive_gitlab(
     let work = match kind {
         Some("push" | "tag_push") => {
             let push: GitlabPush = parse_payload(&body, "GitLab push")?;
-            work_for_push(&spec_of(state, &app.name).await?, &push.into())
+            work_for_push(&app.spec()?, &push.into())
         }
         other => Work::Record {
             verdict: Verdict::Ignored,
@@ -1118,7 +1114,7 @@ async fn generic(
         signature_matches(secret, &body, signature)
     })?;
     let release: NewRelease = parse_json(&body)?;
-    let spec = spec_of(&state, &app.name).await?;
+    let spec = app.spec()?;
     let digest = digest(&body);
     let delivery = NewDelivery {
         source: "generic",

@@ -429,17 +429,39 @@ pub async fn environment(
     app: &str,
     name: &str,
 ) -> Result<Environment, StoreError> {
-    let row = sqlx::query(
-        "select e.id, e.app_id, a.name as app, e.name, e.position, e.plan, e.policy,
-                e.auto_deploy_paused_reason, e.auto_deploy_paused_at
-           from environments e join apps a on a.id = e.app_id
-          where a.name = $1 and e.name = $2 and e.retired_at is null",
-    )
+    let row = sqlx::query(&format!(
+        "{ENVIRONMENT_SELECT} where a.name = $1 and e.name = $2 and e.retired_at is null"
+    ))
     .bind(app)
     .bind(name)
     .fetch_optional(executor)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("environment `{name}` of app `{app}`")))?;
+    environment_from_row(&row)
+}
+
+/// The app's live environments, in promotion order.
+pub async fn environments(
+    executor: impl sqlx::PgExecutor<'_>,
+    app_id: Uuid,
+) -> Result<Vec<Environment>, StoreError> {
+    sqlx::query(&format!(
+        "{ENVIRONMENT_SELECT} where e.app_id = $1 and e.retired_at is null order by e.position"
+    ))
+    .bind(app_id)
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(environment_from_row)
+    .collect()
+}
+
+const ENVIRONMENT_SELECT: &str =
+    "select e.id, e.app_id, a.name as app, e.name, e.position, e.plan, e.policy,
+            e.auto_deploy_paused_reason, e.auto_deploy_paused_at
+       from environments e join apps a on a.id = e.app_id";
+
+fn environment_from_row(row: &sqlx::postgres::PgRow) -> Result<Environment, StoreError> {
     Ok(Environment {
         id: row.get("id"),
         app_id: row.get("app_id"),

@@ -108,6 +108,18 @@ pub async fn check_freezes(
     override_freeze: Option<FreezeOverride<'_>>,
 ) -> Result<Vec<String>, StoreError> {
     let now = database_now(tx).await?;
+    check_freezes_at(tx, environment, start, override_freeze, now).await
+}
+
+/// [`check_freezes`] at `now`, the transaction's time, which the caller read along with other
+/// things.
+pub(crate) async fn check_freezes_at(
+    tx: &mut PgConnection,
+    environment: &Environment,
+    start: Start<'_>,
+    override_freeze: Option<FreezeOverride<'_>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
     let windows = windows_covering(tx, environment.app_id, environment.id).await?;
     let blocking: Vec<(&FreezeWindow, String)> = windows
         .iter()

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::events::{self, Actor, Scope};
+use crate::events::Actor;
 use crate::StoreError;
 
 /// What a caller gives to create a release.
@@ -174,13 +174,50 @@ pub async fn create_in(
     actor: &Actor,
     source: &str,
 ) -> Result<(Release, Created), StoreError> {
-    let hash = content_hash(release);
+    if let Some(created) = insert_new(&mut *tx, app_id, release, actor, source).await? {
+        return Ok((created, Created::New));
+    }
+    let (existing_hash,): (String,) =
+        sqlx::query_as("select content_hash from releases where app_id = $1 and version = $2")
+            .bind(app_id)
+            .bind(&release.version)
+            .fetch_one(&mut *tx)
+            .await?;
+    if existing_hash != content_hash(release) {
+        return Err(StoreError::Conflict(format!(
+            "release {} exists with other content; releases are immutable, so give the new content a new version",
+            release.version
+        )));
+    }
+    Ok((
+        by_version(&mut *tx, app_id, &release.version).await?,
+        Created::Existing,
+    ))
+}
+
+/// Inserts the release and records its creation; `None` when its version exists (nothing
+/// written).
+pub async fn insert_new(
+    tx: &mut PgConnection,
+    app_id: Uuid,
+    release: &NewRelease,
+    actor: &Actor,
+    source: &str,
+) -> Result<Option<Release>, StoreError> {
+    // The release and its `release.created` event (it announces nothing) in one statement.
     let inserted = sqlx::query_as::<_, Release>(&format!(
-        "insert into releases (id, app_id, version, git_sha, git_ref, artifacts, config, notes,
-                               forward_only, content_hash, created_by, source, committed_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         on conflict (app_id, version) do nothing
-         returning {COLUMNS}"
+        "with created as (
+             insert into releases (id, app_id, version, git_sha, git_ref, artifacts, config, notes,
+                                   forward_only, content_hash, created_by, source, committed_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             on conflict (app_id, version) do nothing
+             returning {COLUMNS}),
+         recorded as (
+             insert into events (app_id, actor_kind, actor, action, details)
+             select $2, $14, $15, 'release.created',
+                    jsonb_build_object('version', created.version, 'source', $12::text)
+               from created)
+         select * from created"
     ))
     .bind(Uuid::now_v7())
     .bind(app_id)
@@ -191,42 +228,15 @@ pub async fn create_in(
     .bind(serde_json::to_value(&release.config)?)
     .bind(&release.notes)
     .bind(release.forward_only)
-    .bind(&hash)
+    .bind(content_hash(release))
     .bind(actor.label())
     .bind(source)
     .bind(release.committed_at)
+    .bind(actor.kind)
+    .bind(&actor.name)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(created) = inserted {
-        events::record(
-            &mut *tx,
-            Scope {
-                app_id: Some(app_id),
-                ..Scope::default()
-            },
-            actor,
-            "release.created",
-            json!({ "version": created.version, "source": source }),
-        )
-        .await?;
-        return Ok((created, Created::New));
-    }
-    let (existing_hash,): (String,) =
-        sqlx::query_as("select content_hash from releases where app_id = $1 and version = $2")
-            .bind(app_id)
-            .bind(&release.version)
-            .fetch_one(&mut *tx)
-            .await?;
-    if existing_hash != hash {
-        return Err(StoreError::Conflict(format!(
-            "release {} exists with other content; releases are immutable, so give the new content a new version",
-            release.version
-        )));
-    }
-    Ok((
-        by_version(&mut *tx, app_id, &release.version).await?,
-        Created::Existing,
-    ))
+    Ok(inserted)
 }
 
 /// Reads a release by version.

@@ -106,11 +106,51 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
 /// and its rollouts in one). On an error the caller must roll back (to a savepoint at least):
 /// earlier statements may have run.
 pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
+    lock_environment(&mut *tx, new.environment.id).await?;
+    let admitted = admit(&mut *tx, &new).await?;
+    let id = insert_admitted(&mut *tx, &new, admitted).await?;
+    notify(&mut *tx, id).await?;
+    Ok(id)
+}
+
+/// What [`admit`] decided, for [`insert_admitted`].
+pub(crate) struct Admitted {
+    overridden: Vec<String>,
+    targets: Value,
+    previous: Option<Uuid>,
+    active: bool,
+}
+
+/// Whether the start may go ahead, with the environment locked by the caller
+/// ([`lock_environment`]): refused (`StoreError::Refused`, saying why) for a stopped line, a
+/// quarantined release, a release the promotion rule does not let in yet, a freeze window, or
+/// an artifact the plan needs and the release lacks. Writes nothing, so a refusal needs no
+/// savepoint.
+pub(crate) async fn admit(
+    tx: &mut PgConnection,
+    new: &NewRollout<'_>,
+) -> Result<Admitted, StoreError> {
     let environment = new.environment;
     let release = new.release;
-    lock_environment(&mut *tx, environment.id).await?;
-
-    if let Some(reason) = line::stopped(&mut *tx, environment.app_id).await? {
+    // One round trip for what the decision reads under the lock. The app row is share-locked
+    // only while its line is stopped, as `line::stopped` does.
+    let context = sqlx::query(
+        "select (select line_stopped_reason from apps
+                  where id = $1 and line_stopped_at is not null for share) as stopped,
+                (select release_id from rollouts where environment_id = $2 and state = 'succeeded'
+                  order by finished_at desc, id desc limit 1) as previous,
+                exists(select 1 from rollouts where environment_id = $2
+                        and state in ('pending_approval', 'in_progress', 'paused', 'rolling_back'))
+                  as active,
+                exists(select 1 from freeze_windows where app_id = $1
+                        and (environment_id is null or environment_id = $2)) as freezes,
+                now() as now",
+    )
+    .bind(environment.app_id)
+    .bind(environment.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(reason) = context.get::<Option<String>, _>("stopped") {
         return Err(line::refusal(&environment.app, &reason));
     }
     if let Some(reason) = &release.quarantine_reason {
@@ -121,18 +161,22 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
     }
     // Every way in (API, CLI, webhooks, dashboard) passes here, under the environment's lock.
     policy::check_promotion(&mut *tx, environment, release).await?;
-    let overridden = policy::check_freezes(
-        &mut *tx,
-        environment,
-        policy::Start {
-            environment: &environment.name,
-            initiator: Initiator::of_trigger(new.trigger),
-            rollback: false,
-        },
-        new.override_freeze,
-    )
-    .await?;
-    let targets = apps::targets(&mut *tx, environment.id).await?;
+    let overridden = if context.get("freezes") {
+        policy::check_freezes_at(
+            &mut *tx,
+            environment,
+            policy::Start {
+                environment: &environment.name,
+                initiator: Initiator::of_trigger(new.trigger),
+                rollback: false,
+            },
+            new.override_freeze,
+            context.get("now"),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     for component in environment.plan.deployed_components() {
         if release.artifact(&component).is_none() {
             return Err(StoreError::Refused(format!(
@@ -141,14 +185,24 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
             )));
         }
     }
-    let previous = current_release_id(&mut *tx, environment.id).await?;
-    let active: Option<Uuid> = sqlx::query_scalar(
-        "select id from rollouts where environment_id = $1
-            and state in ('pending_approval', 'in_progress', 'paused', 'rolling_back') limit 1",
-    )
-    .bind(environment.id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let targets = apps::targets(&mut *tx, environment.id).await?;
+    Ok(Admitted {
+        overridden,
+        targets: serde_json::to_value(&targets)?,
+        previous: context.get("previous"),
+        active: context.get("active"),
+    })
+}
+
+/// Inserts an admitted rollout (see [`admit`]): it begins at once, waits for approvals, or
+/// queues behind the rollout that holds the environment. The caller sends [`notify`].
+pub(crate) async fn insert_admitted(
+    tx: &mut PgConnection,
+    new: &NewRollout<'_>,
+    admitted: Admitted,
+) -> Result<Uuid, StoreError> {
+    let environment = new.environment;
+    let release = new.release;
     let mut superseded = Vec::new();
     if environment.policy.concurrency == Concurrency::Supersede {
         superseded = sqlx::query_scalar(
@@ -160,42 +214,47 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
         .fetch_all(&mut *tx)
         .await?;
     }
-    let state = if active.is_some() {
+    let state = if admitted.active {
         RolloutState::Queued
     } else if environment.policy.approvals.is_some() {
         RolloutState::PendingApproval
     } else {
         RolloutState::InProgress
     };
-    let targets = serde_json::to_value(&targets)?;
     let row = |state| Insert {
         environment,
         release_id: release.id,
-        previous_release_id: previous,
+        previous_release_id: admitted.previous,
         kind: new.kind,
         state,
         plan: &environment.plan,
-        targets: targets.clone(),
+        targets: admitted.targets.clone(),
         rollback_of: None,
         actor: new.actor,
         trigger: new.trigger,
     };
-    sqlx::query("savepoint start_rollout")
-        .execute(&mut *tx)
-        .await?;
-    let (id, state) = match insert(&mut *tx, row(state)).await {
-        Ok(id) => (id, state),
-        // A queued rollout took the environment between our read and our insert: queue behind it.
-        Err(StoreError::Conflict(_)) if state != RolloutState::Queued => {
-            sqlx::query("rollback to savepoint start_rollout")
-                .execute(&mut *tx)
-                .await?;
-            (
-                insert(&mut *tx, row(RolloutState::Queued)).await?,
-                RolloutState::Queued,
-            )
+    let (id, state) = if state == RolloutState::Queued {
+        // Queued rollouts take no place in the environment, so the insert cannot conflict.
+        (insert(&mut *tx, row(state)).await?, state)
+    } else {
+        sqlx::query("savepoint start_rollout")
+            .execute(&mut *tx)
+            .await?;
+        match insert(&mut *tx, row(state)).await {
+            Ok(id) => (id, state),
+            // A queued rollout took the environment between our read and our insert: queue
+            // behind it.
+            Err(StoreError::Conflict(_)) => {
+                sqlx::query("rollback to savepoint start_rollout")
+                    .execute(&mut *tx)
+                    .await?;
+                (
+                    insert(&mut *tx, row(RolloutState::Queued)).await?,
+                    RolloutState::Queued,
+                )
+            }
+            Err(other) => return Err(other),
         }
-        Err(other) => return Err(other),
     };
     let scope = Scope {
         app_id: Some(environment.app_id),
@@ -210,8 +269,15 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
         json!({ "release": release.version, "kind": new.kind, "state": state, "trigger": new.trigger }),
     )
     .await?;
-    if let (false, Some(override_freeze)) = (overridden.is_empty(), new.override_freeze) {
-        policy::record_override(&mut *tx, scope, new.actor, &overridden, override_freeze).await?;
+    if let (false, Some(override_freeze)) = (admitted.overridden.is_empty(), new.override_freeze) {
+        policy::record_override(
+            &mut *tx,
+            scope,
+            new.actor,
+            &admitted.overridden,
+            override_freeze,
+        )
+        .await?;
         policy::keep_override(&mut *tx, id, override_freeze).await?;
     }
     for old in superseded {
@@ -228,7 +294,6 @@ pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid
         .await?;
         notify(&mut *tx, old).await?;
     }
-    notify(&mut *tx, id).await?;
     Ok(id)
 }
 
@@ -247,12 +312,27 @@ struct Insert<'a> {
 
 async fn insert(tx: &mut PgConnection, rollout: Insert<'_>) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
+    let phase_ids: Vec<Uuid> = rollout.plan.phases.iter().map(|_| Uuid::now_v7()).collect();
+    let phase_names: Vec<&str> = rollout
+        .plan
+        .phases
+        .iter()
+        .map(|phase| phase.name.as_str())
+        .collect();
+    // The rollout and its phases in one statement (the phases' foreign key is checked at its
+    // end, when the rollout row exists).
     sqlx::query(
-        "insert into rollouts (id, app_id, environment_id, release_id, previous_release_id, kind, state,
-                               plan, targets, rollback_of, created_by, trigger, started_at, activated_at)
-         values ($1, $2, $3, $4, $5, $6::rollout_kind, $7::rollout_state, $8, $9, $10, $11, $12,
-                 case when $7 = 'in_progress' then now() end,
-                 case when $7 <> 'queued' then now() end)",
+        "with rollout as (
+             insert into rollouts (id, app_id, environment_id, release_id, previous_release_id, kind,
+                                   state, plan, targets, rollback_of, created_by, trigger, started_at,
+                                   activated_at)
+             values ($1, $2, $3, $4, $5, $6::rollout_kind, $7::rollout_state, $8, $9, $10, $11, $12,
+                     case when $7 = 'in_progress' then now() end,
+                     case when $7 <> 'queued' then now() end)
+             returning id)
+         insert into phases (id, rollout_id, position, name)
+         select p.id, rollout.id, (p.n - 1)::int, p.name
+           from rollout, unnest($13::uuid[], $14::text[]) with ordinality as p(id, name, n)",
     )
     .bind(id)
     .bind(rollout.environment.app_id)
@@ -266,6 +346,8 @@ async fn insert(tx: &mut PgConnection, rollout: Insert<'_>) -> Result<Uuid, Stor
     .bind(rollout.rollback_of)
     .bind(rollout.actor.label())
     .bind(rollout.trigger)
+    .bind(&phase_ids)
+    .bind(&phase_names)
     .execute(&mut *tx)
     .await
     .map_err(|error| {
@@ -275,15 +357,6 @@ async fn insert(tx: &mut PgConnection, rollout: Insert<'_>) -> Result<Uuid, Stor
             error.into()
         }
     })?;
-    for (position, phase) in rollout.plan.phases.iter().enumerate() {
-        sqlx::query("insert into phases (id, rollout_id, position, name) values ($1, $2, $3, $4)")
-            .bind(Uuid::now_v7())
-            .bind(id)
-            .bind(position as i32)
-            .bind(&phase.name)
-            .execute(&mut *tx)
-            .await?;
-    }
     Ok(id)
 }
 

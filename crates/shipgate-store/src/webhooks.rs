@@ -6,20 +6,19 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
-use shipgate_domain::config::PushedRef;
+use shipgate_domain::config::{AppSpec, PushedRef};
 use shipgate_domain::state::RolloutKind;
 
 use crate::apps::{self, Environment};
 use crate::crypto::SecretBox;
-use crate::events::{self, Actor, Scope};
+use crate::events::Actor;
 use crate::releases::{self, Created, NewRelease, Release};
 use crate::rollouts::{self, NewRollout};
-use crate::StoreError;
+use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
 
 /// What became of a delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -62,6 +61,16 @@ pub struct HookApp {
     pub name: String,
     /// The decrypted webhook secret (`webhook_secret` in the app config).
     pub secret: Option<String>,
+    /// The app's applied config, as stored (read with the secret, so a delivery costs no
+    /// second lookup; parsed by [`HookApp::spec`] once the sender is proven).
+    pub config: serde_json::Value,
+}
+
+impl HookApp {
+    /// The app's config.
+    pub fn spec(&self) -> Result<AppSpec, StoreError> {
+        Ok(AppSpec::deserialize(&self.config)?)
+    }
 }
 
 impl fmt::Debug for HookApp {
@@ -86,6 +95,7 @@ fn hook_app(secrets: &SecretBox, row: &sqlx::postgres::PgRow) -> Result<HookApp,
         id: row.get("id"),
         name: row.get("name"),
         secret,
+        config: row.get("config"),
     })
 }
 
@@ -96,7 +106,7 @@ pub async fn app_by_name(
     name: &str,
 ) -> Result<HookApp, StoreError> {
     let row = sqlx::query(
-        "select id, name, webhook_secret_ciphertext, webhook_secret_key_id from apps where name = $1",
+        "select id, name, config, webhook_secret_ciphertext, webhook_secret_key_id from apps where name = $1",
     )
     .bind(name)
     .fetch_optional(executor)
@@ -113,7 +123,7 @@ pub async fn apps_by_repository(
     repository: &str,
 ) -> Result<Vec<HookApp>, StoreError> {
     let rows = sqlx::query(
-        "select id, name, webhook_secret_ciphertext, webhook_secret_key_id from apps
+        "select id, name, config, webhook_secret_ciphertext, webhook_secret_key_id from apps
           where lower(repository) = lower($1) order by name",
     )
     .bind(repository)
@@ -231,24 +241,6 @@ async fn ingest_once(
     work: &Work,
 ) -> Result<Outcome, StoreError> {
     let mut tx = pool.begin().await?;
-    let id = Uuid::now_v7();
-    let claimed: Option<Uuid> = sqlx::query_scalar(
-        "insert into webhook_deliveries (id, source, delivery_id, app_id, event, verdict, payload_digest)
-         values ($1, $2, $3, $4, $5, 'accepted', $6)
-         on conflict (source, delivery_id) do nothing returning id",
-    )
-    .bind(id)
-    .bind(delivery.source)
-    .bind(delivery.delivery_id)
-    .bind(delivery.app_id)
-    .bind(delivery.event)
-    .bind(delivery.payload_digest)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if claimed.is_none() {
-        tx.rollback().await?;
-        return earlier(pool, delivery.source, delivery.delivery_id).await;
-    }
     let actor = Actor {
         kind: "webhook",
         name: format!("{}:{}", delivery.source, delivery.delivery_id),
@@ -263,17 +255,32 @@ async fn ingest_once(
         Work::Push(push) => deploy_push(&mut tx, delivery, push, &actor).await?,
     };
     let reason = (!done.notes.is_empty()).then(|| done.notes.join("; "));
-    sqlx::query(
-        "update webhook_deliveries set verdict = $2, reason = $3, release_id = $4, rollout_id = $5
-          where id = $1",
+    // The delivery is recorded last, with what it did, in one write. A delivery id seen
+    // before conflicts here (a concurrent duplicate waits for the first to commit): its work
+    // is rolled back whole and it answers what the first one did.
+    let id = Uuid::now_v7();
+    let recorded: Option<Uuid> = sqlx::query_scalar(
+        "insert into webhook_deliveries (id, source, delivery_id, app_id, event, verdict, reason,
+                                         payload_digest, release_id, rollout_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (source, delivery_id) do nothing returning id",
     )
     .bind(id)
+    .bind(delivery.source)
+    .bind(delivery.delivery_id)
+    .bind(delivery.app_id)
+    .bind(delivery.event)
     .bind(done.verdict.as_str())
     .bind(&reason)
+    .bind(delivery.payload_digest)
     .bind(done.release.as_ref().map(|r| r.id))
     .bind(done.rollouts.first())
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if recorded.is_none() {
+        tx.rollback().await?;
+        return earlier(pool, delivery.source, delivery.delivery_id).await;
+    }
     tx.commit().await?;
     Ok(Outcome {
         id,
@@ -326,31 +333,13 @@ impl Done {
     }
 }
 
-/// The app's live environments, in promotion order.
-async fn environments(
-    tx: &mut PgConnection,
-    delivery: &NewDelivery<'_>,
-) -> Result<Vec<Environment>, StoreError> {
-    let names: Vec<String> = sqlx::query_scalar(
-        "select name from environments where app_id = $1 and retired_at is null order by position",
-    )
-    .bind(delivery.app_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut found = Vec::with_capacity(names.len());
-    for name in names {
-        found.push(apps::environment(&mut *tx, delivery.app, &name).await?);
-    }
-    Ok(found)
-}
-
 async fn deploy_push(
     tx: &mut PgConnection,
     delivery: &NewDelivery<'_>,
     push: &Push,
     actor: &Actor,
 ) -> Result<Done, StoreError> {
-    let environments = environments(tx, delivery).await?;
+    let environments = apps::environments(&mut *tx, delivery.app_id).await?;
     let pushed = match &push.pushed {
         PushedRefOwned::Branch(name) => Some(PushedRef::Branch(name)),
         PushedRefOwned::Tag(name) => Some(PushedRef::Tag(name)),
@@ -445,41 +434,30 @@ async fn deploy_push(
             done.notes.push(format!("{name}: {why}"));
             continue;
         }
-        sqlx::query("savepoint webhook_rollout")
-            .execute(&mut *tx)
-            .await?;
-        let superseded = supersede_queued(tx, environment).await?;
-        let started = rollouts::start_in(
-            tx,
-            NewRollout {
-                environment,
-                release: &release,
-                kind: RolloutKind::Deploy,
-                actor,
-                trigger: "webhook",
-                override_freeze: None,
-            },
-        )
-        .await;
-        match started {
-            Ok(rollout) => {
-                record_superseded(tx, environment, &superseded, rollout, actor).await?;
-                sqlx::query("release savepoint webhook_rollout")
-                    .execute(&mut *tx)
-                    .await?;
-                done.notes
-                    .push(format!("{name}: rollout {rollout} enqueued"));
-                done.rollouts.push(rollout);
-            }
+        let new = NewRollout {
+            environment,
+            release: &release,
+            kind: RolloutKind::Deploy,
+            actor,
+            trigger: "webhook",
+            override_freeze: None,
+        };
+        // Admission writes nothing, so a refusal leaves the transaction as it was.
+        let admitted = match rollouts::admit(tx, &new).await {
+            Ok(admitted) => admitted,
             Err(StoreError::Refused(why) | StoreError::Conflict(why)) => {
-                sqlx::query("rollback to savepoint webhook_rollout")
-                    .execute(&mut *tx)
-                    .await?;
                 refused = true;
                 done.notes.push(format!("{name}: {why}"));
+                continue;
             }
             Err(other) => return Err(other),
-        }
+        };
+        let superseded = supersede_queued(tx, environment).await?;
+        let rollout = rollouts::insert_admitted(tx, &new, admitted).await?;
+        record_superseded(tx, environment, &superseded, rollout, actor).await?;
+        done.notes
+            .push(format!("{name}: rollout {rollout} enqueued"));
+        done.rollouts.push(rollout);
     }
     if !any_rule {
         done.notes
@@ -508,29 +486,26 @@ async fn find_or_create(
             ..push.release.clone()
         };
         if push.same_commit_is_same_release {
-            if let Ok(existing) = releases::by_version(&mut *tx, delivery.app_id, version).await {
-                if existing.git_sha.is_some() && existing.git_sha == release.git_sha {
-                    return Ok(Ok((existing, Created::Existing)));
-                }
-                last = format!(
-                    "version {version} is taken by another commit ({})",
-                    existing.git_sha.as_deref().unwrap_or("none")
-                );
-                continue;
+            // The insert comes first: a new commit (the usual push) costs one statement, and
+            // a concurrent delivery of the same version waits for it and then finds it.
+            if let Some(created) =
+                releases::insert_new(tx, delivery.app_id, &release, actor, "webhook").await?
+            {
+                return Ok(Ok((created, Created::New)));
             }
+            let existing = releases::by_version(&mut *tx, delivery.app_id, version).await?;
+            if existing.git_sha.is_some() && existing.git_sha == release.git_sha {
+                return Ok(Ok((existing, Created::Existing)));
+            }
+            last = format!(
+                "version {version} is taken by another commit ({})",
+                existing.git_sha.as_deref().unwrap_or("none")
+            );
+            continue;
         }
         match releases::create_in(tx, delivery.app_id, &release, actor, "webhook").await {
             Ok(found) => return Ok(Ok(found)),
-            Err(StoreError::Conflict(message)) => {
-                if push.same_commit_is_same_release {
-                    // Made concurrently by another delivery: the same commit is the same release.
-                    let existing = releases::by_version(&mut *tx, delivery.app_id, version).await?;
-                    if existing.git_sha.is_some() && existing.git_sha == release.git_sha {
-                        return Ok(Ok((existing, Created::Existing)));
-                    }
-                }
-                last = message;
-            }
+            Err(StoreError::Conflict(message)) => last = message,
             Err(other) => return Err(other),
         }
     }
@@ -546,10 +521,11 @@ async fn newer_in(
     environment: &Environment,
     release: &Release,
 ) -> Result<Option<String>, StoreError> {
-    let current = rollouts::current_release_id(&mut *tx, environment.id).await?;
     let rows = sqlx::query(
         "select r.id, r.version, r.git_sha, r.committed_at, r.created_at, 'live' as state
-           from releases r where r.id = $2
+           from releases r
+          where r.id = (select release_id from rollouts where environment_id = $1 and state = 'succeeded'
+                         order by finished_at desc, id desc limit 1)
          union all
          select r.id, r.version, r.git_sha, r.committed_at, r.created_at, o.state::text
            from rollouts o join releases r on r.id = o.release_id
@@ -557,7 +533,6 @@ async fn newer_in(
             and o.state in ('queued', 'pending_approval', 'in_progress', 'paused')",
     )
     .bind(environment.id)
-    .bind(current)
     .fetch_all(&mut *tx)
     .await?;
     for row in rows {
@@ -608,6 +583,8 @@ async fn supersede_queued(
     .await?)
 }
 
+/// Records which rollouts `by` superseded and wakes the engine and the live views for all of
+/// them, in one statement.
 async fn record_superseded(
     tx: &mut PgConnection,
     environment: &Environment,
@@ -615,21 +592,27 @@ async fn record_superseded(
     by: Uuid,
     actor: &Actor,
 ) -> Result<(), StoreError> {
-    for &old in superseded {
-        events::record(
-            &mut *tx,
-            Scope {
-                app_id: Some(environment.app_id),
-                environment_id: Some(environment.id),
-                rollout_id: Some(old),
-            },
-            actor,
-            "rollout.superseded",
-            json!({ "by": by }),
-        )
-        .await?;
-        rollouts::notify(tx, old).await?;
-    }
+    let mut woken: Vec<String> = superseded.iter().map(Uuid::to_string).collect();
+    woken.push(by.to_string());
+    sqlx::query(
+        "with recorded as (
+             insert into events (app_id, environment_id, rollout_id, actor_kind, actor, action, details)
+             select $1, $2, s.old, $3, $4, 'rollout.superseded', jsonb_build_object('by', $5::uuid)
+               from unnest($6::uuid[]) with ordinality as s(old, n)
+              order by s.n)
+         select pg_notify($7, w.id), pg_notify($8, w.id) from unnest($9::text[]) as w(id)",
+    )
+    .bind(environment.app_id)
+    .bind(environment.id)
+    .bind(actor.kind)
+    .bind(&actor.name)
+    .bind(by)
+    .bind(superseded)
+    .bind(WAKE_CHANNEL)
+    .bind(UPDATES_CHANNEL)
+    .bind(&woken)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
