@@ -328,9 +328,15 @@ pub fn run_pgbench(url: &str, script: &str, clients: u32, seconds: u32) -> Resul
         pgbench().context("pgbench not found (install postgresql-contrib or postgresql)")?;
     let file = std::env::temp_dir().join(format!("shipgate-bench-{}.sql", uuid::Uuid::new_v4()));
     std::fs::write(&file, script)?;
+    // The same transport as Shipgate's pool: plain TCP (libpq would negotiate TLS with a
+    // server that offers it, sqlx here has no TLS) and prepared statements (sqlx prepares and
+    // caches every statement; pgbench's default re-parses each one).
     let output = Command::new(binary)
+        .env("PGSSLMODE", "disable")
         .args([
             "-n",
+            "-M",
+            "prepared",
             "-c",
             &clients.to_string(),
             "-j",
