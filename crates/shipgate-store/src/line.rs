@@ -1,8 +1,9 @@
 //! "Stop the line": pausing every rollout in flight in an app (or in all apps) at once, and
 //! holding back anything new until someone resumes the line. While an app's line is stopped,
-//! [`crate::rollouts::start_in`] refuses new rollouts (naming the reason) and the engine
-//! neither activates queued rollouts nor starts approved ones; rollbacks are exempt, so a bad
-//! deploy can still be undone. Resuming the line resumes exactly the rollouts the stop paused.
+//! `rollouts::admit` (every start passes it) refuses new rollouts (naming the reason) and the
+//! engine neither activates queued rollouts nor starts approved ones; rollbacks are exempt, so
+//! a bad deploy can still be undone. Resuming the line resumes exactly the rollouts the stop
+//! paused.
 //!
 //! Lock order: the apps' rows first, then the rollouts'. Whoever starts a rollout (a request or
 //! the engine) reads the app's row `for share`, so a start and a stop never interleave: the start

@@ -102,9 +102,10 @@ pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreErro
     Ok(id)
 }
 
-/// [`start`] inside the caller's transaction (a webhook delivery records itself, its release
-/// and its rollouts in one). On an error the caller must roll back (to a savepoint at least):
-/// earlier statements may have run.
+/// [`start`] inside the caller's transaction (an automatic promotion). On an error the caller
+/// must roll back (to a savepoint at least): earlier statements may have run. A webhook
+/// delivery, which records itself, its release and its rollouts in one transaction, calls
+/// `admit` and `insert_admitted` itself.
 pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     lock_environment(&mut *tx, new.environment.id).await?;
     let admitted = admit(&mut *tx, &new).await?;
@@ -135,7 +136,7 @@ pub(crate) async fn admit(
     // One round trip for what the decision reads under the lock. The app row is share-locked
     // only while its line is stopped, as `line::stopped` does.
     let context = sqlx::query(
-        "select (select line_stopped_reason from apps
+        "select (select coalesce(line_stopped_reason, 'no reason recorded') from apps
                   where id = $1 and line_stopped_at is not null for share) as stopped,
                 (select release_id from rollouts where environment_id = $2 and state = 'succeeded'
                   order by finished_at desc, id desc limit 1) as previous,
@@ -195,7 +196,8 @@ pub(crate) async fn admit(
 }
 
 /// Inserts an admitted rollout (see [`admit`]): it begins at once, waits for approvals, or
-/// queues behind the rollout that holds the environment. The caller sends [`notify`].
+/// queues behind the rollout that holds the environment. The rollouts it supersedes are
+/// notified here; the caller sends [`notify`] for the new one.
 pub(crate) async fn insert_admitted(
     tx: &mut PgConnection,
     new: &NewRollout<'_>,
@@ -234,7 +236,8 @@ pub(crate) async fn insert_admitted(
         trigger: new.trigger,
     };
     let (id, state) = if state == RolloutState::Queued {
-        // Queued rollouts take no place in the environment, so the insert cannot conflict.
+        // A queued rollout takes no place in the environment: no other rollout can have taken
+        // it first, so there is nothing to fall back to.
         (insert(&mut *tx, row(state)).await?, state)
     } else {
         sqlx::query("savepoint start_rollout")

@@ -216,8 +216,9 @@ pub struct Outcome {
 }
 
 /// Records a verified delivery and does its work in one transaction. A delivery seen before
-/// (same source and delivery id) changes nothing and answers what the first one did; a
-/// concurrent duplicate waits for the first to commit.
+/// (same source and delivery id) changes nothing and answers what the first one did: its
+/// work is rolled back when recording it conflicts (a concurrent duplicate waits there for
+/// the first to commit).
 pub async fn ingest(
     pool: &PgPool,
     delivery: &NewDelivery<'_>,
@@ -256,8 +257,9 @@ async fn ingest_once(
     };
     let reason = (!done.notes.is_empty()).then(|| done.notes.join("; "));
     // The delivery is recorded last, with what it did, in one write. A delivery id seen
-    // before conflicts here (a concurrent duplicate waits for the first to commit): its work
-    // is rolled back whole and it answers what the first one did.
+    // before conflicts here (a concurrent duplicate, having done its work, waits here for the
+    // first to commit): its work is rolled back whole, NOTIFYs included, and it answers what
+    // the first one did.
     let id = Uuid::now_v7();
     let recorded: Option<Uuid> = sqlx::query_scalar(
         "insert into webhook_deliveries (id, source, delivery_id, app_id, event, verdict, reason,
@@ -565,8 +567,8 @@ async fn newer_in(
 }
 
 /// A push replaces the older automated rollouts still waiting in the environment's queue
-/// (rollbacks, and rollouts people started, keep their place). Runs before the new rollout
-/// is inserted, so rollout rows are locked before the environment, as everywhere else.
+/// (rollbacks, and rollouts people started, keep their place). Runs under the environment's
+/// lock, after admission and before the new rollout is inserted.
 async fn supersede_queued(
     tx: &mut PgConnection,
     environment: &Environment,
