@@ -42,16 +42,25 @@ pub struct LineOutcome {
     pub rollouts: Vec<LineRollout>,
 }
 
-/// Why the app's line is stopped, if it is. Holds the app's row `for share` until the
-/// transaction ends, so the line cannot stop between this check and the start it guards.
-pub async fn stopped(tx: &mut PgConnection, app_id: Uuid) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "select line_stopped_reason from apps where id = $1 and line_stopped_at is not null
-            for share",
+/// Why the line of the app `app` (a query parameter such as `$1`) is stopped, `null` if it
+/// is not, as a scalar sub-select for queries that read it along with other things. Holds the
+/// app's row `for share` until the transaction ends, so the line cannot stop between this
+/// check and the start it guards.
+pub(crate) fn stopped_reason(app: &str) -> String {
+    format!(
+        "(select coalesce(line_stopped_reason, 'no reason recorded') from apps
+           where id = {app} and line_stopped_at is not null for share)"
     )
-    .bind(app_id)
-    .fetch_optional(&mut *tx)
-    .await?)
+}
+
+/// Why the app's line is stopped, if it is (see [`stopped_reason`]).
+pub async fn stopped(tx: &mut PgConnection, app_id: Uuid) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar(&format!("select {}", stopped_reason("$1")))
+            .bind(app_id)
+            .fetch_one(&mut *tx)
+            .await?,
+    )
 }
 
 /// The refusal of a start while the line is stopped.

@@ -62,18 +62,27 @@ pub struct NewRollout<'a> {
     pub override_freeze: Option<FreezeOverride<'a>>,
 }
 
+/// The release the environment `environment` (a query parameter such as `$1`) runs, as a
+/// scalar sub-select for queries that read it along with other things: the one its latest
+/// succeeded rollout brought.
+pub(crate) fn current_release(environment: &str) -> String {
+    format!(
+        "(select release_id from rollouts where environment_id = {environment}
+           and state = 'succeeded' order by finished_at desc, id desc limit 1)"
+    )
+}
+
 /// The release the environment runs: the one its latest succeeded rollout brought.
 pub async fn current_release_id(
     executor: impl PgExecutor<'_>,
     environment_id: Uuid,
 ) -> Result<Option<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "select release_id from rollouts where environment_id = $1 and state = 'succeeded'
-          order by finished_at desc, id desc limit 1",
+    Ok(
+        sqlx::query_scalar(&format!("select {}", current_release("$1")))
+            .bind(environment_id)
+            .fetch_one(executor)
+            .await?,
     )
-    .bind(environment_id)
-    .fetch_optional(executor)
-    .await?)
 }
 
 /// Serializes changes to an environment's rollouts until the transaction ends. `for no key
@@ -133,22 +142,21 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, StoreError> {
     let environment = new.environment;
     let release = new.release;
-    // One round trip for what the decision reads under the lock. The app row is share-locked
-    // only while its line is stopped, as `line::stopped` does.
-    let context = sqlx::query(
-        "select (select coalesce(line_stopped_reason, 'no reason recorded') from apps
-                  where id = $1 and line_stopped_at is not null for share) as stopped,
-                (select release_id from rollouts where environment_id = $2 and state = 'succeeded'
-                  order by finished_at desc, id desc limit 1) as previous,
-                exists(select 1 from rollouts where environment_id = $2
+    // One round trip for what the decision reads under the lock. `freezes` is whether
+    // `policy::check_freezes` would find any window to weigh.
+    let context = sqlx::query(&format!(
+        "select {stopped} as stopped, {previous} as previous,
+                exists(select 1 from rollouts where environment_id = $1
                         and state in ('pending_approval', 'in_progress', 'paused', 'rolling_back'))
                   as active,
-                exists(select 1 from freeze_windows where app_id = $1
-                        and (environment_id is null or environment_id = $2)) as freezes,
+                exists(select 1 from freeze_windows where app_id = $2
+                        and (environment_id is null or environment_id = $1)) as freezes,
                 now() as now",
-    )
-    .bind(environment.app_id)
+        stopped = line::stopped_reason("$2"),
+        previous = current_release("$1"),
+    ))
     .bind(environment.id)
+    .bind(environment.app_id)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(reason) = context.get::<Option<String>, _>("stopped") {

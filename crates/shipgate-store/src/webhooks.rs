@@ -523,17 +523,16 @@ async fn newer_in(
     environment: &Environment,
     release: &Release,
 ) -> Result<Option<String>, StoreError> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(&format!(
         "select r.id, r.version, r.git_sha, r.committed_at, r.created_at, 'live' as state
-           from releases r
-          where r.id = (select release_id from rollouts where environment_id = $1 and state = 'succeeded'
-                         order by finished_at desc, id desc limit 1)
+           from releases r where r.id = {current}
          union all
          select r.id, r.version, r.git_sha, r.committed_at, r.created_at, o.state::text
            from rollouts o join releases r on r.id = o.release_id
           where o.environment_id = $1 and o.kind <> 'rollback'
             and o.state in ('queued', 'pending_approval', 'in_progress', 'paused')",
-    )
+        current = rollouts::current_release("$1"),
+    ))
     .bind(environment.id)
     .fetch_all(&mut *tx)
     .await?;
@@ -594,15 +593,15 @@ async fn record_superseded(
     by: Uuid,
     actor: &Actor,
 ) -> Result<(), StoreError> {
-    let mut woken: Vec<String> = superseded.iter().map(Uuid::to_string).collect();
-    woken.push(by.to_string());
+    let woken: Vec<Uuid> = superseded.iter().copied().chain([by]).collect();
     sqlx::query(
         "with recorded as (
              insert into events (app_id, environment_id, rollout_id, actor_kind, actor, action, details)
              select $1, $2, s.old, $3, $4, 'rollout.superseded', jsonb_build_object('by', $5::uuid)
                from unnest($6::uuid[]) with ordinality as s(old, n)
               order by s.n)
-         select pg_notify($7, w.id), pg_notify($8, w.id) from unnest($9::text[]) as w(id)",
+         select pg_notify($7, w.id::text), pg_notify($8, w.id::text)
+           from unnest($9::uuid[]) as w(id)",
     )
     .bind(environment.app_id)
     .bind(environment.id)
