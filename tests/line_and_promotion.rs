@@ -284,6 +284,105 @@ async fn stopping_the_line_pauses_what_runs_refuses_new_starts_and_resumes_exact
     assert_eq!(done["state"], "succeeded", "{done}");
 }
 
+/// Backends of this test's database waiting for a row lock.
+async fn waiting_on_locks(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A start racing a stop of the line never slips in between the stop marking the app and the
+/// stop pausing what is in flight: it waits for the stop and is then refused. The stop is held
+/// half-way here, its first statement run in a transaction left open, and two starts race it:
+/// one through the API, and the engine activating a rollout that queued behind another.
+#[tokio::test]
+async fn a_start_racing_a_stop_of_the_line_waits_for_the_stop_and_is_refused() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let (status, body) = server.apply("shop", LINE_CONFIG).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    release(&server, "1.0.0").await;
+    release(&server, "2.0.0").await;
+    let running = started(&server, "production", "1.0.0").await;
+    let queued = started(&server, "production", "2.0.0").await;
+    assert_eq!(state(&server, &queued).await["state"], "queued");
+
+    let mut stop = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "update apps set line_stopped_at = now(), line_stopped_reason = 'a stop half-way'
+          where name = 'shop'",
+    )
+    .execute(&mut *stop)
+    .await
+    .unwrap();
+    let url = server.at("/api/v1/apps/shop/environments/staging/rollouts");
+    let start = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "release": "1.0.0" }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    });
+    // The running rollout finishes (nothing it writes waits for the app's row); the engine then
+    // activates the queued one, which waits for the stop like the API's start does.
+    let done = server.wait_finished(&running, LONG).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    eventually(LONG, "the two starts waiting for the stop", || async {
+        Ok((waiting_on_locks(&db).await >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(
+        !start.is_finished(),
+        "the API's start went ahead of the stop"
+    );
+
+    stop.commit().await.unwrap();
+    let (status, body) = start.await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a stop half-way"),
+        "{body}"
+    );
+    eventually(LONG, "the engine to give up the activation", || async {
+        Ok((waiting_on_locks(&db).await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(state(&server, &queued).await["state"], "queued");
+    let (count,): (i64,) = sqlx::query_as(
+        "select count(*) from rollouts r join environments e on e.id = r.environment_id
+          where e.name = 'staging'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(count, 0, "a refused start left a rollout behind");
+
+    // Resuming the line lets the rollout that waited in line through.
+    let (status, body) = server
+        .post("/api/v1/apps/shop/resume-the-line", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let done = server.wait_finished(&queued, LONG).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+}
+
 /// Staging deploys quickly; production takes what soaked in staging, automatically.
 const PROMOTION_CONFIG: &str = r#"
 app: shop

@@ -6,8 +6,9 @@
 //! paused.
 //!
 //! Lock order: the apps' rows first, then the rollouts'. Whoever starts a rollout (a request or
-//! the engine) reads the app's row `for share`, so a start and a stop never interleave: the start
-//! either commits before the stop looks for rollouts in flight, or sees the line stopped.
+//! the engine) locks the app's row `for share`, stopped or not, so a start and a stop never
+//! interleave: the start either commits before the stop marks the app (the stop's update waits
+//! for it), or waits for the stop to commit and then sees the line stopped.
 
 use serde::Serialize;
 use serde_json::json;
@@ -44,12 +45,16 @@ pub struct LineOutcome {
 
 /// Why the line of the app `app` (a query parameter such as `$1`) is stopped, `null` if it
 /// is not, as a scalar sub-select for queries that read it along with other things. Holds the
-/// app's row `for share` until the transaction ends, so the line cannot stop between this
-/// check and the start it guards.
+/// app's row `for share` until the transaction ends, stopped or not, so the line cannot stop
+/// between this check and the start it guards; and a stop that has marked the app but not yet
+/// committed (its row update conflicts with the share lock) is waited for and then seen. The
+/// lock must not depend on the row's state: under the reader's snapshot an uncommitted stop
+/// leaves the line running, and a lock taken only "where stopped" would take nothing.
 pub(crate) fn stopped_reason(app: &str) -> String {
     format!(
-        "(select coalesce(line_stopped_reason, 'no reason recorded') from apps
-           where id = {app} and line_stopped_at is not null for share)"
+        "(select case when line_stopped_at is not null
+                      then coalesce(line_stopped_reason, 'no reason recorded') end
+            from apps where id = {app} for share)"
     )
 }
 
