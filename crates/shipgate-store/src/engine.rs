@@ -757,13 +757,11 @@ impl Fenced {
             return Ok(false);
         }
         // What a rollback returns to is what ran when this rollout began, not when it queued.
-        sqlx::query(
-            "update rollouts set activated_at = now(),
-                    previous_release_id = (select release_id from rollouts
-                                            where environment_id = $2 and state = 'succeeded'
-                                            order by finished_at desc, id desc limit 1)
+        sqlx::query(&format!(
+            "update rollouts set activated_at = now(), previous_release_id = {previous}
               where id = $1",
-        )
+            previous = rollouts::current_release("$2"),
+        ))
         .bind(self.loaded.id)
         .bind(self.loaded.environment_id)
         .execute(&mut *self.tx)
