@@ -428,6 +428,23 @@ pub async fn hold_rollouts(db: &TestDb) -> Result<()> {
     .await
 }
 
+/// Hands up to `count` held rollouts to the engine (by id) and wakes the replicas; returns how
+/// many it handed over. New rollouts are no longer held once this has run.
+pub async fn release_some(db: &TestDb, count: i64) -> Result<u64> {
+    execute(db, &["drop trigger if exists bench_hold on rollouts"]).await?;
+    let released = sqlx::query(
+        "update rollouts set lease_owner = null, lease_until = null, next_wake_at = now()
+          where id in (select id from rollouts where lease_owner = 'bench-hold'
+                        order by id limit $1)",
+    )
+    .bind(count)
+    .execute(&db.pool)
+    .await?
+    .rows_affected();
+    execute(db, &["notify shipgate_wake"]).await?;
+    Ok(released)
+}
+
 /// Hands every held rollout to the engine at once and wakes the replicas.
 pub async fn release_rollouts(db: &TestDb) -> Result<()> {
     execute(
