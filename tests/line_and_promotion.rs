@@ -284,15 +284,59 @@ async fn stopping_the_line_pauses_what_runs_refuses_new_starts_and_resumes_exact
     assert_eq!(done["state"], "succeeded", "{done}");
 }
 
-/// Backends of this test's database waiting for a row lock.
-async fn waiting_on_locks(db: &TestDb) -> i64 {
+/// A transaction on the test's database, to hold locks with, and its backend's pid.
+async fn open_transaction(db: &TestDb) -> (sqlx::Transaction<'static, sqlx::Postgres>, i32) {
+    let mut tx = db.pool.begin().await.unwrap();
+    let pid = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    (tx, pid)
+}
+
+/// Backends this test's database has waiting for a lock held by the backend `pid`.
+async fn blocked_by(db: &TestDb, pid: i32) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where $1 = any(pg_blocking_pids(pid))",
+    )
+    .bind(pid)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Backends of this test's database waiting for any lock.
+async fn blocked(db: &TestDb) -> i64 {
     sqlx::query_scalar(
         "select count(*) from pg_stat_activity
-          where datname = current_database() and wait_event_type = 'Lock'",
+          where datname = current_database() and cardinality(pg_blocking_pids(pid)) > 0",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap()
+}
+
+/// Starts a rollout as the admin from a task of its own: (status, body).
+fn spawn_roll_out(
+    server: &Server,
+    environment: &str,
+    version: &str,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let url = server.at(&format!(
+        "/api/v1/apps/shop/environments/{environment}/rollouts"
+    ));
+    let body = json!({ "release": version });
+    tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
 }
 
 /// A start racing a stop of the line never slips in between the stop marking the app and the
@@ -311,7 +355,7 @@ async fn a_start_racing_a_stop_of_the_line_waits_for_the_stop_and_is_refused() {
     let queued = started(&server, "production", "2.0.0").await;
     assert_eq!(state(&server, &queued).await["state"], "queued");
 
-    let mut stop = db.pool.begin().await.unwrap();
+    let (mut stop, stop_pid) = open_transaction(&db).await;
     sqlx::query(
         "update apps set line_stopped_at = now(), line_stopped_reason = 'a stop half-way'
           where name = 'shop'",
@@ -319,27 +363,13 @@ async fn a_start_racing_a_stop_of_the_line_waits_for_the_stop_and_is_refused() {
     .execute(&mut *stop)
     .await
     .unwrap();
-    let url = server.at("/api/v1/apps/shop/environments/staging/rollouts");
-    let start = tokio::spawn(async move {
-        let response = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "release": "1.0.0" }))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (
-            status,
-            response.json::<Value>().await.unwrap_or(Value::Null),
-        )
-    });
+    let start = spawn_roll_out(&server, "staging", "1.0.0");
     // The running rollout finishes (nothing it writes waits for the app's row); the engine then
     // activates the queued one, which waits for the stop like the API's start does.
     let done = server.wait_finished(&running, LONG).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
     eventually(LONG, "the two starts waiting for the stop", || async {
-        Ok((waiting_on_locks(&db).await >= 2).then_some(()))
+        Ok((blocked_by(&db, stop_pid).await >= 2).then_some(()))
     })
     .await
     .unwrap();
@@ -358,9 +388,19 @@ async fn a_start_racing_a_stop_of_the_line_waits_for_the_stop_and_is_refused() {
             .contains("a stop half-way"),
         "{body}"
     );
-    eventually(LONG, "the engine to give up the activation", || async {
-        Ok((waiting_on_locks(&db).await == 0).then_some(()))
-    })
+    // The engine gives the rollout back once it has decided (activated, it would drive it on).
+    eventually(
+        LONG,
+        "the engine to give the queued rollout back",
+        || async {
+            let released: bool =
+                sqlx::query_scalar("select lease_owner is null from rollouts where id = $1::uuid")
+                    .bind(&queued)
+                    .fetch_one(&db.pool)
+                    .await?;
+            Ok(released.then_some(()))
+        },
+    )
     .await
     .unwrap();
     assert_eq!(state(&server, &queued).await["state"], "queued");
@@ -380,6 +420,69 @@ async fn a_start_racing_a_stop_of_the_line_waits_for_the_stop_and_is_refused() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     let done = server.wait_finished(&queued, LONG).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+}
+
+/// An apply that changes the config and a start that meet on one app both go through. Both
+/// take the app's row before the environment's: a start that held its environment while it
+/// waited for the app's row, which the apply had just written, deadlocked with the apply
+/// waiting for that environment, and one of them answered 500. Here the start queues for the
+/// environment behind a transaction left open, the apply arrives, and the environment is let go.
+#[tokio::test]
+async fn an_apply_and_a_start_that_meet_on_an_app_both_go_through() {
+    let db = TestDb::new().await.unwrap();
+    let server = Server::start(BINARY, &db.url, &[]).unwrap();
+    let (status, body) = server.apply("shop", LINE_CONFIG).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    release(&server, "1.0.0").await;
+
+    let (mut holder, holder_pid) = open_transaction(&db).await;
+    sqlx::query(
+        "select e.id from environments e join apps a on a.id = e.app_id
+          where a.name = 'shop' and e.name = 'staging' for no key update of e",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let start = spawn_roll_out(&server, "staging", "1.0.0");
+    eventually(LONG, "the start to wait for the environment", || async {
+        Ok((blocked_by(&db, holder_pid).await >= 1).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let url = server.at("/api/v1/apps/shop");
+    let changed = LINE_CONFIG.replace("soak: 4s", "soak: 5s");
+    let apply = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/yaml")
+            .body(changed)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    });
+    eventually(LONG, "the apply to wait too", || async {
+        Ok((blocked(&db).await >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    holder.commit().await.unwrap();
+
+    let (status, started) = start.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let (status, body) = apply.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = server
+        .wait_finished(started["id"].as_str().unwrap(), LONG)
+        .await
+        .unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
 }
 

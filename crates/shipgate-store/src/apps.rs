@@ -45,10 +45,14 @@ pub async fn apply(
 
     let config = serde_json::to_value(spec)?;
     let hash = hex_digest(config.to_string().as_bytes());
-    let existing = sqlx::query("select id, config, config_hash from apps where name = $1")
-        .bind(&spec.app)
-        .fetch_optional(&mut *tx)
-        .await?;
+    // The app's row is locked before its environments' (the lock order of `line`), whether or
+    // not this apply rewrites it: a start holds the app's row `for share` while it waits for its
+    // environment.
+    let existing =
+        sqlx::query("select id, config, config_hash from apps where name = $1 for no key update")
+            .bind(&spec.app)
+            .fetch_optional(&mut *tx)
+            .await?;
     let mut outcome = ApplyOutcome::default();
     let app_id = match existing {
         None => {

@@ -5,10 +5,12 @@
 //! a bad deploy can still be undone. Resuming the line resumes exactly the rollouts the stop
 //! paused.
 //!
-//! Lock order: the apps' rows first, then the rollouts'. Whoever starts a rollout (a request or
-//! the engine) locks the app's row `for share`, stopped or not, so a start and a stop never
-//! interleave: the start either commits before the stop marks the app (the stop's update waits
-//! for it), or waits for the stop to commit and then sees the line stopped.
+//! Lock order: the app's row, then its environments' rows, then its rollouts'. Whoever starts a
+//! rollout (a request or the engine) locks the app's row `for share`, stopped or not, so a start
+//! and a stop never interleave: the start either commits before the stop marks the app (the
+//! stop's update waits for it), or waits for the stop to commit and then sees the line stopped.
+//! A start through an environment takes the app's row before the environment's ([`hold`]), as
+//! applying a config does, so neither holds one while waiting for the other.
 
 use serde::Serialize;
 use serde_json::json;
@@ -56,6 +58,18 @@ pub(crate) fn stopped_reason(app: &str) -> String {
                       then coalesce(line_stopped_reason, 'no reason recorded') end
             from apps where id = {app} for share)"
     )
+}
+
+/// Share-locks the app's row until the transaction ends, before a start takes its environment's
+/// lock: see the lock order above. A start that held its environment while waiting for the
+/// app's row would deadlock with an apply, which writes the app's row and then the
+/// environments', or with a stop waiting for a rollback that waits for that environment.
+pub(crate) async fn hold(tx: &mut PgConnection, app_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("select 1 from apps where id = $1 for share")
+        .bind(app_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Why the app's line is stopped, if it is (see [`stopped_reason`]).
@@ -218,8 +232,9 @@ pub async fn resume(
         notify(&mut tx, id).await?;
     }
     // Queued and approved rollouts held back by the stop: look at them again now. One locked
-    // this instant is being activated or started by the engine, which waits for the app's row
-    // we hold and then sees the line running (waiting for it here would deadlock).
+    // this instant is skipped (waiting for it here could deadlock): either the engine is
+    // activating or starting it, waits for the app's row we hold and then sees the line
+    // running, or the engine saw the line stopped and is giving it back (woken after commit).
     let waiting: Vec<Uuid> = sqlx::query_scalar(
         "update rollouts set next_wake_at = now(), version = version + 1
           where id in (select id from rollouts
@@ -231,8 +246,8 @@ pub async fn resume(
     .bind(app_id)
     .fetch_all(&mut *tx)
     .await?;
-    for id in waiting {
-        notify(&mut tx, id).await?;
+    for id in &waiting {
+        notify(&mut tx, *id).await?;
     }
     events::record(
         &mut *tx,
@@ -247,6 +262,25 @@ pub async fn resume(
     )
     .await?;
     let rollouts = summaries(&mut tx, &resumed_ids).await?;
+    tx.commit().await?;
+    // One skipped above was locked by an engine that read the line as stopped before this
+    // resume, and that is giving the rollout back until its fallback wake an hour later. With
+    // the app's row free, wait for it and wake it: the version bump makes the engine's lease
+    // release (before or after this) leave it due now.
+    let mut tx = pool.begin().await?;
+    let late: Vec<Uuid> = sqlx::query_scalar(
+        "update rollouts set next_wake_at = now(), version = version + 1
+          where ($1::uuid is null or app_id = $1) and state in ('queued', 'pending_approval')
+            and not (id = any($2))
+         returning id",
+    )
+    .bind(app_id)
+    .bind(&waiting)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in late {
+        notify(&mut tx, id).await?;
+    }
     tx.commit().await?;
     Ok(LineOutcome {
         reason: None,

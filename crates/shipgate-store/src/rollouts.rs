@@ -106,18 +106,23 @@ pub(crate) async fn lock_environment(
 /// while a freeze window blocks it, or while the app's line is stopped.
 pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     let mut tx = pool.begin().await?;
+    line::hold(&mut tx, new.environment.app_id).await?;
     lock_environment(&mut tx, new.environment.id).await?;
     let id = start_in(&mut tx, new).await?;
     tx.commit().await?;
     Ok(id)
 }
 
-/// [`start`] inside the caller's transaction, which has locked the environment
-/// ([`lock_environment`]; an automatic promotion, which reads what is due under that lock).
+/// [`start`] inside the caller's transaction, which has locked the app's row and then the
+/// environment ([`line::hold`], [`lock_environment`]; an automatic promotion, which reads what
+/// is due under that lock).
 /// On an error the caller must roll back (to a savepoint at least): earlier statements may
 /// have run. A webhook delivery, which records itself, its release and its rollouts in one
 /// transaction, calls `admit` and `insert_admitted` itself.
-pub async fn start_in(tx: &mut PgConnection, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
+pub(crate) async fn start_in(
+    tx: &mut PgConnection,
+    new: NewRollout<'_>,
+) -> Result<Uuid, StoreError> {
     let admitted = admit(&mut *tx, &new).await?;
     let id = insert_admitted(&mut *tx, &new, admitted).await?;
     notify(&mut *tx, id).await?;
