@@ -5,16 +5,24 @@
 //! a bad deploy can still be undone. Resuming the line resumes exactly the rollouts the stop
 //! paused.
 //!
-//! Lock order: the app's row, then its environments' rows, then its rollouts'. Whoever starts a
-//! rollout (a request or the engine) locks the app's row `for share`, stopped or not, so a start
-//! and a stop never interleave: the start either commits before the stop marks the app (the
-//! stop's update waits for it), or waits for the stop to commit and then sees the line stopped.
-//! A start through an environment takes the app's row before the environment's ([`hold`]), as
-//! applying a config does, so neither holds one while waiting for the other.
+//! Whoever starts a rollout (a request or the engine) locks the app's row `for share`, stopped
+//! or not, so a start and a stop never interleave: the start either commits before the stop
+//! marks the app (the stop's update waits for it), or waits for the stop to commit and then sees
+//! the line stopped.
+//!
+//! Lock order of starts, stops, resumes and applies: the app's row, then its environments'
+//! rows, then its rollouts'. A start through an environment takes the app's row before the
+//! environment's ([`hold`]), as applying a config does, so neither holds one while waiting for
+//! the other. Two paths differ, and cannot close a cycle with these: the engine holds the one
+//! rollout it drives (its fence) before the app's row, and only activates or starts a queued or
+//! approved rollout there, which a stop does not lock and a resume skips while locked; a
+//! rollback (exempt from the line) locks the environment's active rollouts, then the
+//! environment, and takes only the key-share lock foreign keys take on the app's row.
 
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::events::{self, Actor, Scope};
@@ -263,10 +271,26 @@ pub async fn resume(
     .await?;
     let rollouts = summaries(&mut tx, &resumed_ids).await?;
     tx.commit().await?;
-    // One skipped above was locked by an engine that read the line as stopped before this
-    // resume, and that is giving the rollout back until its fallback wake an hour later. With
-    // the app's row free, wait for it and wake it: the version bump makes the engine's lease
-    // release (before or after this) leave it due now.
+    // The line runs again whatever happens next: a failure here is logged, not answered.
+    if let Err(error) = wake_skipped(pool, app_id, &waiting).await {
+        warn!(%error, "waking the rollouts the resume skipped failed; they wake at their fallback");
+    }
+    Ok(LineOutcome {
+        reason: None,
+        rollouts,
+    })
+}
+
+/// After a resume committed: wakes the queued and approved rollouts its wake skipped (`woken`
+/// are those it did wake). One skipped was locked by an engine that read the line as stopped
+/// before the resume, and that is giving the rollout back until its fallback wake an hour
+/// later. With the app's row free, this waits for it and wakes it: the version bump makes the
+/// engine's lease release (before or after this) leave it due now.
+async fn wake_skipped(
+    pool: &PgPool,
+    app_id: Option<Uuid>,
+    woken: &[Uuid],
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let late: Vec<Uuid> = sqlx::query_scalar(
         "update rollouts set next_wake_at = now(), version = version + 1
@@ -275,17 +299,14 @@ pub async fn resume(
          returning id",
     )
     .bind(app_id)
-    .bind(&waiting)
+    .bind(woken)
     .fetch_all(&mut *tx)
     .await?;
     for id in late {
         notify(&mut tx, id).await?;
     }
     tx.commit().await?;
-    Ok(LineOutcome {
-        reason: None,
-        rollouts,
-    })
+    Ok(())
 }
 
 async fn summaries(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LineRollout>, StoreError> {

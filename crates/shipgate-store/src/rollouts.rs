@@ -88,7 +88,8 @@ pub async fn current_release_id(
 /// Serializes changes to an environment's rollouts until the transaction ends. `for no key
 /// update`: it excludes other lockers of the environment but not the key-share locks that
 /// inserts referencing it take (a live component recorded by the engine); `for update` queued
-/// those behind a waiting push and deadlocked pushes against the engine under load.
+/// those behind a waiting push and deadlocked pushes against the engine under load. A start
+/// takes the app's row first ([`line::hold`]; the lock order in `line`).
 pub(crate) async fn lock_environment(
     tx: &mut PgConnection,
     environment_id: Uuid,
@@ -137,8 +138,8 @@ pub(crate) struct Admitted {
     active: bool,
 }
 
-/// Whether the start may go ahead, with the environment locked by the caller
-/// ([`lock_environment`]): refused (`StoreError::Refused`, saying why) for a stopped line, a
+/// Whether the start may go ahead, with the app's row and then the environment locked by the
+/// caller ([`line::hold`], [`lock_environment`]): refused (`StoreError::Refused`, saying why) for a stopped line, a
 /// quarantined release, a release the promotion rule does not let in yet, a freeze window, or
 /// an artifact the plan needs and the release lacks. Writes nothing, so a refusal needs no
 /// savepoint.
