@@ -14,9 +14,8 @@ use shipgate_domain::state::RolloutKind;
 
 use crate::apps::{self, Environment};
 use crate::events::Actor;
-use crate::line;
 use crate::releases;
-use crate::rollouts::{self, lock_environment, NewRollout};
+use crate::rollouts::{self, lock_for_start, NewRollout};
 use crate::StoreError;
 
 /// The trigger of the rollouts this module starts.
@@ -65,8 +64,7 @@ async fn promote_into(
         Err(other) => return Err(other),
     };
     let mut tx = pool.begin().await?;
-    line::hold(&mut tx, environment.app_id).await?;
-    lock_environment(&mut tx, environment.id).await?;
+    lock_for_start(&mut tx, environment).await?;
     // The newest release that soaked in `from`, never rolled out here before (once per
     // release), and not older than what runs or waits to run here.
     let due: Option<Uuid> = sqlx::query_scalar(

@@ -89,16 +89,26 @@ pub async fn current_release_id(
 /// update`: it excludes other lockers of the environment but not the key-share locks that
 /// inserts referencing it take (a live component recorded by the engine); `for update` queued
 /// those behind a waiting push and deadlocked pushes against the engine under load. A start
-/// takes the app's row first ([`line::hold`]; the lock order in `line`).
-pub(crate) async fn lock_environment(
-    tx: &mut PgConnection,
-    environment_id: Uuid,
-) -> Result<(), StoreError> {
+/// takes [`lock_for_start`] instead; a rollback, which holds the rollouts it undoes first, this.
+async fn lock_environment(tx: &mut PgConnection, environment_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("select id from environments where id = $1 for no key update")
         .bind(environment_id)
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// The locks a start decides under, in the lock order of `line`: the app's row ([`line::hold`],
+/// so the line cannot stop meanwhile), then the environment ([`lock_environment`]). Taking the
+/// environment first deadlocked with an apply, which writes the app's row and then the
+/// environments'. Again in the same transaction (a push deploying to several environments),
+/// the app's row is already held and only the environment is new.
+pub(crate) async fn lock_for_start(
+    tx: &mut PgConnection,
+    environment: &Environment,
+) -> Result<(), StoreError> {
+    line::hold(&mut *tx, environment.app_id).await?;
+    lock_environment(tx, environment.id).await
 }
 
 /// Starts a rollout of a release into an environment: it begins at once, waits for approvals,
@@ -107,19 +117,17 @@ pub(crate) async fn lock_environment(
 /// while a freeze window blocks it, or while the app's line is stopped.
 pub async fn start(pool: &PgPool, new: NewRollout<'_>) -> Result<Uuid, StoreError> {
     let mut tx = pool.begin().await?;
-    line::hold(&mut tx, new.environment.app_id).await?;
-    lock_environment(&mut tx, new.environment.id).await?;
+    lock_for_start(&mut tx, new.environment).await?;
     let id = start_in(&mut tx, new).await?;
     tx.commit().await?;
     Ok(id)
 }
 
-/// [`start`] inside the caller's transaction, which has locked the app's row and then the
-/// environment ([`line::hold`], [`lock_environment`]; an automatic promotion, which reads what
-/// is due under that lock).
-/// On an error the caller must roll back (to a savepoint at least): earlier statements may
-/// have run. A webhook delivery, which records itself, its release and its rollouts in one
-/// transaction, calls `admit` and `insert_admitted` itself.
+/// [`start`] inside the caller's transaction, which holds [`lock_for_start`] (an automatic
+/// promotion, which reads what is due under those locks). On an error the caller must roll
+/// back (to a savepoint at least): earlier statements may have run. A webhook delivery, which
+/// records itself, its release and its rollouts in one transaction, calls `admit` and
+/// `insert_admitted` itself.
 pub(crate) async fn start_in(
     tx: &mut PgConnection,
     new: NewRollout<'_>,
@@ -138,9 +146,8 @@ pub(crate) struct Admitted {
     active: bool,
 }
 
-/// Whether the start may go ahead, with the app's row and then the environment locked by the
-/// caller ([`line::hold`], [`lock_environment`]): refused (`StoreError::Refused`, saying why) for a stopped line, a
-/// quarantined release, a release the promotion rule does not let in yet, a freeze window, or
+/// Whether the start may go ahead, under the caller's [`lock_for_start`]: refused
+/// (`StoreError::Refused`, saying why) for a stopped line, a quarantined release, a release the promotion rule does not let in yet, a freeze window, or
 /// an artifact the plan needs and the release lacks. Writes nothing, so a refusal needs no
 /// savepoint.
 pub(crate) async fn admit(

@@ -16,7 +16,6 @@ use shipgate_domain::state::RolloutKind;
 use crate::apps::{self, Environment};
 use crate::crypto::SecretBox;
 use crate::events::Actor;
-use crate::line;
 use crate::releases::{self, Created, NewRelease, Release};
 use crate::rollouts::{self, NewRollout};
 use crate::{StoreError, UPDATES_CHANNEL, WAKE_CHANNEL};
@@ -399,7 +398,6 @@ async fn deploy_push(
     };
     let mut refused = false;
     let mut any_rule = false;
-    let mut app_held = false;
     for environment in &environments {
         let Some(rule) = &environment.policy.auto_deploy else {
             continue;
@@ -432,12 +430,8 @@ async fn deploy_push(
         }
         // One push at a time per environment from here on: what is newer, what is queued and
         // the new rollout are decided under the lock, so concurrent pushes cannot each leave
-        // a queued rollout behind. The app's row first (the lock order of `line`).
-        if !app_held {
-            line::hold(tx, delivery.app_id).await?;
-            app_held = true;
-        }
-        rollouts::lock_environment(tx, environment.id).await?;
+        // a queued rollout behind.
+        rollouts::lock_for_start(tx, environment).await?;
         if let Some(why) = newer_in(tx, environment, &release).await? {
             done.notes.push(format!("{name}: {why}"));
             continue;
