@@ -770,6 +770,8 @@ pub async fn scheduler(binary: &Path, size: Size, report: &mut Report) -> Result
         "    releasing {} rollouts at {rate:.1}/s",
         size.scheduled * 2
     );
+    // Once, before the clock: dropping the trigger locks the rollouts table exclusively.
+    support::stop_holding(&db).await?;
     let started = Instant::now();
     let mut released = 0u64;
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
@@ -777,7 +779,7 @@ pub async fn scheduler(binary: &Path, size: Size, report: &mut Report) -> Result
         ticks.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate).ceil() as u64;
         if due > released {
-            released += support::release_some(&db, (due - released) as i64).await?;
+            released += support::release_some(&db, Some((due - released) as i64)).await?;
         }
     }
     wait_all_finished(&db, Duration::from_secs(900)).await?;
@@ -789,12 +791,11 @@ pub async fn scheduler(binary: &Path, size: Size, report: &mut Report) -> Result
         .max()
         .unwrap_or(0);
     // The transitions made while at least 90 % of the intended load was in flight.
-    let loaded: Vec<Duration> = durations(
-        &all.iter()
-            .copied()
-            .filter(|(_, in_flight)| *in_flight as f64 >= 0.9 * size.scheduled as f64)
-            .collect::<Vec<_>>(),
-    );
+    let loaded: Vec<Duration> = all
+        .iter()
+        .filter(|(_, in_flight)| *in_flight as f64 >= 0.9 * size.scheduled as f64)
+        .map(|(latency, _)| *latency)
+        .collect();
     let p99 = percentile(&loaded, 0.99);
     report.add(
         4,

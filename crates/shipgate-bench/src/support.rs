@@ -428,16 +428,20 @@ pub async fn hold_rollouts(db: &TestDb) -> Result<()> {
     .await
 }
 
-/// Hands up to `count` held rollouts to the engine (by id) and wakes the replicas; returns how
-/// many it handed over. New rollouts are no longer held once this has run.
-pub async fn release_some(db: &TestDb, count: i64) -> Result<u64> {
-    execute(db, &["drop trigger if exists bench_hold on rollouts"]).await?;
+/// New rollouts are no longer held; those held so far stay held until released.
+pub async fn stop_holding(db: &TestDb) -> Result<()> {
+    execute(db, &["drop trigger bench_hold on rollouts"]).await
+}
+
+/// Hands up to `limit` held rollouts (all of them with `None`), by id, to the engine and wakes
+/// the replicas; returns how many it handed over.
+pub async fn release_some(db: &TestDb, limit: Option<i64>) -> Result<u64> {
     let released = sqlx::query(
         "update rollouts set lease_owner = null, lease_until = null, next_wake_at = now()
           where id in (select id from rollouts where lease_owner = 'bench-hold'
                         order by id limit $1)",
     )
-    .bind(count)
+    .bind(limit)
     .execute(&db.pool)
     .await?
     .rows_affected();
@@ -447,16 +451,8 @@ pub async fn release_some(db: &TestDb, count: i64) -> Result<u64> {
 
 /// Hands every held rollout to the engine at once and wakes the replicas.
 pub async fn release_rollouts(db: &TestDb) -> Result<()> {
-    execute(
-        db,
-        &[
-            "drop trigger bench_hold on rollouts",
-            "update rollouts set lease_owner = null, lease_until = null, next_wake_at = now()
-              where lease_owner = 'bench-hold'",
-            "notify shipgate_wake",
-        ],
-    )
-    .await
+    stop_holding(db).await?;
+    release_some(db, None).await.map(drop)
 }
 
 /// Counts rollouts not yet in a terminal state.
